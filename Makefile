@@ -1,0 +1,63 @@
+# One virtual environment in the checkout holds every stage; a Pi installs only the edge extra:
+#   pip install -c constraints.txt ".[edge]"
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+DEMO ?= demo-out
+FILMS ?=
+PYTEST_ARGS ?=
+
+.PHONY: install test lint demo convert bench bench-train fuzz lock aarch64-check clean
+
+install: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip==26.3
+	$(PY) -m pip install --quiet -c constraints.txt torch==2.13.0
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[edge,train,convert,dev]"
+	touch $(STAMP)
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+test: install lint
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The whole chain on phantom films: generate -> train -> convert -> scan. FILMS="a.png dir/" adds yours.
+demo: install
+	@bash -c 'set -euo pipefail; t0=$$SECONDS; \
+	  echo "== 1/4 phantom films"; $(PY) -m train.phantoms --out $(DEMO)/phantoms --patients 120 --seed 0; \
+	  $(PY) -m train.phantoms --out $(DEMO)/field --patients 6 --seed 1001 --quiet; t1=$$SECONDS; \
+	  echo "== 2/4 training DenseNet-121 on the CPU"; $(PY) -m train --data $(DEMO)/phantoms --out $(DEMO)/run --preset demo; t2=$$SECONDS; \
+	  echo "== 3/4 converting to int8 TFLite"; $(PY) -m convert $(DEMO)/run/best.safetensors --data $(DEMO)/phantoms --out $(DEMO)/bundle --calibration 64 --force; t3=$$SECONDS; \
+	  echo "== 4/4 scanning films"; $(PY) -m edge.scan $(DEMO)/field/images $(FILMS) --bundle $(DEMO)/bundle --out $(DEMO)/results; t4=$$SECONDS; \
+	  echo "demo stages (s): phantoms $$((t1-t0)), train $$((t2-t1)), convert $$((t3-t2)), scan $$((t4-t3)); total $$((t4-t0))"'
+
+convert: install
+	$(PY) -m convert $(CKPT) --data $(DATA) --out $(OUT)
+
+bench: install
+	$(PY) -m edge.bench
+
+bench-train: install
+	$(PY) -m train.bench
+
+fuzz: install
+	FUZZ_ITERATIONS=20000 $(PY) -m pytest tests/edge/test_fuzz.py -q
+
+# Dry run: does the edge extra resolve for a Raspberry Pi (aarch64, CPython 3.11)?
+aarch64-check:
+	$(PYTHON) -m pip install --quiet --dry-run --ignore-installed --target $$(mktemp -d) --only-binary=:all: \
+	  --python-version 3.11 --implementation cp --platform manylinux_2_36_aarch64 --platform manylinux_2_28_aarch64 \
+	  --platform manylinux_2_27_aarch64 --platform manylinux_2_17_aarch64 --platform manylinux2014_aarch64 \
+	  -c constraints.txt numpy==1.26.4 Pillow==13.0.0 pydicom==3.0.2 ai-edge-litert==2.1.0
+
+lock: install
+	@{ sed -n '1,2p' constraints.txt; $(PY) -m pip freeze --exclude-editable | grep -vE '^(pip|setuptools|wheel)==' \
+	  | sed 's/+cpu$$//'; } > constraints.txt.new && mv constraints.txt.new constraints.txt
+
+clean:
+	rm -rf $(VENV) $(DEMO) .pytest_cache .ruff_cache

@@ -1,0 +1,154 @@
+"""The model bundle: the one contract between convert (writer) and edge (reader).
+
+A bundle is a folder::
+
+    bundle.json                 this file's schema, below
+    model_int8.tflite           full-integer model: uint8 NHWC raw pixels in
+    model_fp32.tflite           optional: the float model, for checks and fallbacks
+    model_int8_edgetpu.tflite   optional: compiled for the Coral Edge TPU
+    cam_head.npz                float32 head parameters for the CPU Grad-CAM (no pickle)
+
+``bundle.json`` keys (``FORMAT_VERSION`` 1)::
+
+    format            "xray-edge-bundle"
+    format_version    1
+    task              "multilabel" (sigmoid per label) | "one_vs_all" (softmax over labels)
+    labels            ordered label names; the order of the score output
+    input             {"shape": [1, 224, 224, 3], "dtype": "uint8", "layout": "NHWC",
+                       "quantization": {"scale": s, "zero_point": z}}
+    preprocess        edge.preprocess.PREPROCESS as the model was trained with
+    outputs           {"scores": tensor name, "features": tensor name} per model file:
+                      {"model_int8.tflite": {"scores": ..., "features": ...}, ...}
+    thresholds        {label: operating threshold chosen on validation data}
+    models            {"int8": file, "fp32": file or null, "edgetpu": file or null}
+    cam               {"head": "chexnet" | "paper", "params": "cam_head.npz",
+                       "feature_shape": [7, 7, 1024]}
+    files             {file name: sha256 hex} for every other file in the bundle
+    provenance        {"checkpoint_sha256", "training_config", "training_metrics",
+                       "data": {"kind": "phantom" | "nih" | ..., ...}, "versions", "created"}
+    fidelity          the int8-vs-fp32 and ONNX-vs-PyTorch report (convert.fidelity)
+    edgetpu           compiler result or offline compatibility summary
+
+Edge verifies every checksum before a model runs and refuses an unknown format version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edge.errors import BundleError
+from edge.preprocess import PREPROCESS, spec_matches
+
+__all__ = ["BUNDLE_JSON", "FORMAT", "FORMAT_VERSION", "Bundle", "load_bundle", "sha256_file"]
+
+FORMAT = "xray-edge-bundle"
+FORMAT_VERSION = 1
+BUNDLE_JSON = "bundle.json"
+TASKS = ("multilabel", "one_vs_all")
+_REQUIRED = ("format", "format_version", "task", "labels", "input", "preprocess", "outputs",
+             "thresholds", "models", "cam", "files", "provenance")
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A verified bundle. ``spec`` is bundle.json as read; the rest is derived from it."""
+
+    path: Path
+    spec: dict
+    sha256: str = field(default="")  # of bundle.json: identifies the model in results
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.spec["labels"])
+
+    @property
+    def task(self) -> str:
+        return self.spec["task"]
+
+    @property
+    def thresholds(self) -> list[float]:
+        return [float(self.spec["thresholds"][label]) for label in self.labels]
+
+    @property
+    def is_demo(self) -> bool:
+        """True for a model trained on phantom films: for demonstration, never diagnosis."""
+        return self.spec["provenance"].get("data", {}).get("kind") == "phantom"
+
+    def model_path(self, kind: str) -> Path | None:
+        name = self.spec["models"].get(kind)
+        return self.path / name if name else None
+
+    def output_names(self, kind: str) -> dict:
+        return self.spec["outputs"][self.spec["models"][kind]]
+
+
+def _read_spec(path: Path) -> dict:
+    spec_path = path / BUNDLE_JSON
+    if not path.is_dir():
+        raise BundleError(f"{path}: no model bundle here (not a folder)")
+    if not spec_path.is_file():
+        raise BundleError(f"{path}: not a model bundle ({BUNDLE_JSON} is missing)")
+    try:
+        spec = json.loads(spec_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise BundleError(f"{spec_path}: damaged ({err})") from None
+    if not isinstance(spec, dict) or spec.get("format") != FORMAT:
+        raise BundleError(f"{spec_path}: not a {FORMAT} file")
+    if spec.get("format_version") != FORMAT_VERSION:
+        raise BundleError(f"{spec_path}: format version {spec.get('format_version')!r} is not supported "
+                          f"(this edge reads version {FORMAT_VERSION}); convert the model again or update edge")
+    missing = [k for k in _REQUIRED if k not in spec]
+    if missing:
+        raise BundleError(f"{spec_path}: incomplete, missing {', '.join(missing)}")
+    return spec
+
+
+def _check_consistent(path: Path, spec: dict) -> None:
+    labels, where = spec["labels"], path / BUNDLE_JSON
+    if spec["task"] not in TASKS:
+        raise BundleError(f"{where}: unknown task {spec['task']!r}")
+    if not labels or len(set(labels)) != len(labels):
+        raise BundleError(f"{where}: the label list is empty or has duplicates")
+    if set(spec["thresholds"]) != set(labels):
+        raise BundleError(f"{where}: thresholds do not name the same labels as the label list")
+    if not spec_matches(spec["preprocess"]):
+        raise BundleError(f"{where}: the model expects preprocessing {spec['preprocess']}, "
+                          f"this edge implements {PREPROCESS}")
+    if not spec["models"].get("int8"):
+        raise BundleError(f"{where}: no int8 model listed")
+
+
+def _verify_files(path: Path, spec: dict) -> None:
+    listed = spec["files"]
+    for kind, name in spec["models"].items():
+        if name and name not in listed:
+            raise BundleError(f"{path / name}: the {kind} model has no checksum in {BUNDLE_JSON}")
+    for name, digest in listed.items():
+        file = path / name
+        if Path(name).name != name:
+            raise BundleError(f"{path / BUNDLE_JSON}: file name {name!r} points outside the bundle")
+        if not file.is_file():
+            raise BundleError(f"{file}: listed in {BUNDLE_JSON} but missing")
+        if sha256_file(file) != digest:
+            raise BundleError(f"{file}: checksum mismatch: the file was changed or damaged after "
+                              f"conversion; refusing to run it")
+
+
+def load_bundle(path: str | Path) -> Bundle:
+    """Read and verify a bundle: format, version, consistency, and every file's SHA-256."""
+    path = Path(path)
+    spec = _read_spec(path)
+    _check_consistent(path, spec)
+    _verify_files(path, spec)
+    return Bundle(path=path, spec=spec, sha256=sha256_file(path / BUNDLE_JSON))
