@@ -96,7 +96,7 @@ class Bundle:
 def _read_spec(path: Path) -> dict:
     spec_path = path / BUNDLE_JSON
     if not path.is_dir():
-        raise BundleError(f"{path}: no model bundle here (not a folder)")
+        raise BundleError(f"{path}: no model bundle here (no such folder)")
     if not spec_path.is_file():
         raise BundleError(f"{path}: not a model bundle ({BUNDLE_JSON} is missing)")
     try:

@@ -12,6 +12,7 @@ the parameters convert writes into the bundle, so the heads stay small and plain
 
 from __future__ import annotations
 
+import re
 from collections import OrderedDict
 from pathlib import Path
 
@@ -180,8 +181,7 @@ def load_pretrained(model: DenseNet121, path: str | Path) -> list[str]:
         state = load_file(str(path))
     else:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    import re
-    pattern = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
+    pattern = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.([12]\.(?:weight|bias|running_mean|running_var))$")
     renamed = {}
     for key, value in state.items():
         m = pattern.match(key)

@@ -1,0 +1,132 @@
+"""Shared fixtures: the real test data, and one briefly trained model + bundle per session.
+
+The slow artefacts (phantom set, trained DenseNet-121, converted bundle) are built once per
+session through the stages' own command-line entry points, each in a subprocess with no
+network (tests/offline.py; a fresh network namespace where allowed): network.log beside
+each artefact records any attempt, and tests/test_no_network.py asserts there was none. They are cached under
+``.cache/test-artifacts/<key>`` where the key hashes the code that makes them, so a re-run
+with unchanged stages reuses them; set XRAY_TEST_ARTIFACTS to use another folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+# What the session model is made from; changing any of these files rebuilds it.
+_ARTIFACT_SOURCES = ("train/phantoms.py", "train/model.py", "train/fit.py", "train/data.py", "train/config.py",
+                     "train/__main__.py", "train/checkpoint.py", "edge/preprocess.py")
+_CONVERT_SOURCES = tuple(str(p.relative_to(ROOT)) for p in sorted((ROOT / "convert").glob("*.py")))
+
+PHANTOM_PATIENTS = 160
+PHANTOM_SEED = 7
+
+
+def _netns_prefix() -> list[str]:
+    """``unshare -n`` puts a command in a new network namespace with no interfaces up, where allowed."""
+    unshare = shutil.which("unshare")
+    if unshare and subprocess.run([unshare, "-n", "true"], capture_output=True, check=False).returncode == 0:
+        return [unshare, "-n"]
+    return []
+
+
+NETNS = _netns_prefix()
+
+
+def run_offline(module: str, args: list[str], log: Path, timeout: float = 1800) -> subprocess.CompletedProcess:
+    """Run ``python -m module args`` with no network (tests/offline.py); network attempts go to ``log``."""
+    cmd = [*NETNS, sys.executable, str(ROOT / "tests" / "offline.py"), str(log), module, *args]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def _run_stage(module: str, args: list[str], out: Path) -> None:
+    proc = run_offline(module, args, out / "network.log")
+    (out / f"{module}.log").write_text(proc.stdout + proc.stderr)
+    tail = (proc.stdout + proc.stderr)[-4000:]
+    assert proc.returncode == 0, f"python -m {module} failed ({proc.returncode}):\n{tail}"
+
+
+def shared_data_dir() -> Path | None:
+    env = os.environ.get("XRAY_TEST_DATA")
+    path = Path(env) if env else ROOT.parent / "shared" / "data"
+    return path if path.is_dir() else None
+
+
+@pytest.fixture(scope="session")
+def test_data() -> Path:
+    """../shared/data (or $XRAY_TEST_DATA). Missing: skip locally, fail in CI."""
+    path = shared_data_dir()
+    if path is None:
+        message = "real test data not found: set XRAY_TEST_DATA or put it in ../shared/data"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+def _key(files: tuple[str, ...], extra: str) -> str:
+    h = hashlib.sha256(extra.encode())
+    for name in files:
+        p = ROOT / name
+        h.update(name.encode() + (p.read_bytes() if p.is_file() else b"<missing>"))
+    return h.hexdigest()[:16]
+
+
+def _artifact_root() -> Path:
+    return Path(os.environ.get("XRAY_TEST_ARTIFACTS", ROOT / ".cache" / "test-artifacts"))
+
+
+def _build_once(name: str, key: str, build) -> Path:
+    """Build into a temp folder and rename into place, so an interrupted build is never reused."""
+    final = _artifact_root() / f"{name}-{key}"
+    if (final / ".complete").is_file():
+        return final
+    tmp = final.with_name(final.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    build(tmp)
+    (tmp / ".complete").write_text("ok\n")
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    return final
+
+
+@pytest.fixture(scope="session")
+def phantom_set() -> Path:
+    """A phantom set in NIH layout (images/, Data_Entry_2017.csv, BBox_List_2017.csv, split lists)."""
+    def build(tmp: Path) -> None:
+        _run_stage("train.phantoms", ["--out", str(tmp), "--patients", str(PHANTOM_PATIENTS),
+                                      "--seed", str(PHANTOM_SEED), "--quiet"], tmp)
+    return _build_once("phantoms", _key(("train/phantoms.py",), f"{PHANTOM_PATIENTS}-{PHANTOM_SEED}"), build)
+
+
+@pytest.fixture(scope="session")
+def trained_run(phantom_set: Path) -> Path:
+    """A run folder of the real DenseNet-121 trained briefly on the CPU (preset 'test')."""
+    def build(tmp: Path) -> None:
+        _run_stage("train", ["--data", str(phantom_set), "--out", str(tmp), "--preset", "test"], tmp)
+    return _build_once("run", _key(_ARTIFACT_SOURCES, phantom_set.name), build)
+
+
+@pytest.fixture(scope="session")
+def checkpoint(trained_run: Path) -> Path:
+    return trained_run / "best.safetensors"
+
+
+@pytest.fixture(scope="session")
+def bundle_dir(checkpoint: Path, phantom_set: Path) -> Path:
+    """The model bundle convert makes from the session checkpoint (int8 + fp32 TFLite)."""
+    def build(tmp: Path) -> None:
+        _run_stage("convert", [str(checkpoint), "--data", str(phantom_set), "--out", str(tmp / "bundle"),
+                               "--calibration", "48"], tmp)
+    root = _build_once("bundle", _key(_ARTIFACT_SOURCES + _CONVERT_SOURCES, checkpoint.parent.name), build)
+    return root / "bundle"
