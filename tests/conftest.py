@@ -23,8 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
 # What the session model is made from; changing any of these files rebuilds it.
-_ARTIFACT_SOURCES = ("train/phantoms.py", "train/model.py", "train/fit.py", "train/data.py", "train/config.py",
-                     "train/__main__.py", "train/checkpoint.py", "edge/preprocess.py")
+_ARTIFACT_SOURCES = tuple(sorted(str(p.relative_to(ROOT)) for p in (ROOT / "train").glob("*.py"))) + (
+    "edge/preprocess.py", "edge/films.py", "edge/dicom.py")
 _CONVERT_SOURCES = tuple(str(p.relative_to(ROOT)) for p in sorted((ROOT / "convert").glob("*.py")))
 
 PHANTOM_PATIENTS = 160
