@@ -15,7 +15,7 @@ film width = 1) and resized; grain is added at full resolution.
 
 Focal lesions (Nodule, Mass, Consolidation) are centred near the centre of a cell of a
 ``cam_grid``×``cam_grid`` grid over the film (default 7, the 7×7 feature map of DenseNet-121 at
-224 px): a nodule of 45-80 px is smaller than one 146 px cell, and a peak of an upsampled 7×7
+224 px): a nodule of 57-72 px is smaller than one 146 px cell, and a peak of an upsampled 7×7
 heatmap always lies at a cell centre, so without this "peak inside the box" could not be scored
 for small lesions. ``cam_grid=None`` places them anywhere in the lungs.
 """
@@ -54,7 +54,7 @@ KEEP_FINDINGS = 0.5                   # P(a follow-up keeps the previous film's 
 FOCAL = {  # label: (radius range, margin inside the lung needed as a fraction of the radius + constant)
     "Mass": ((0.062, 0.095), 0.9, 0.0),
     "Consolidation": ((0.08, 0.12), 0.55, 0.0),
-    "Nodule": ((0.023, 0.038), 1.0, 0.012),
+    "Nodule": ((0.028, 0.035), 1.0, 0.012),  # 57-72 px across at 1024: 2.4-3 cm, the largest nodules
 }
 
 
@@ -377,7 +377,7 @@ def _geometry(an, pose, cam_grid, rng):
                         for s in [[-1], [1], [-1, 1]][int(rng.choice(3, p=[0.4, 0.35, 0.25]))]],
            "Pneumothorax": {"side": int(rng.choice([-1, 1])), "gap": u(0.07, 0.13), "dark": u(0.03, 0.06)}}
     _place_focal(an, pose, geo, cam_grid, rng)
-    geo["Nodule"]["amp"] = u(0.32, 0.42)
+    geo["Nodule"]["amp"] = u(0.45, 0.55)  # calcified-dense: still visible at 128 px
     geo["Mass"].update(amp=u(0.34, 0.42), seed=int(rng.integers(2**31)),
                        lobes=[(k, u(0.03, 0.08), u(0, 2 * np.pi)) for k in range(3, 8)])
     geo["Consolidation"].update(amp=u(0.28, 0.34), aspect=u(0.75, 1.25), seed=int(rng.integers(2**31)))
