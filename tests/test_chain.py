@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import csv
-import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -47,9 +47,10 @@ def test_scan_writes_one_score_row_per_film(bundle_dir, phantom_set, tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     with open(out / "results.csv", newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
-    assert sorted(r["file"].rsplit("/", 1)[-1] for r in rows) == sorted(test_names)
+    assert sorted(Path(r["film_path"]).name for r in rows) == sorted(test_names)
     labels = load_bundle(bundle_dir).labels
     for row in rows:
-        scores = json.loads(row["scores"]) if "scores" in row else {k: float(row[k]) for k in labels}
-        assert set(scores) == set(labels)
-        assert all(0.0 <= float(v) <= 1.0 for v in scores.values())
+        assert row["status"] == "ok"
+        scores = [float(row[f"score:{label}"]) for label in labels]
+        assert all(0.0 <= s <= 1.0 for s in scores)
+        assert row["top_label"] in labels

@@ -1,0 +1,357 @@
+"""The results store: one SQLite row per film per model, committed before the next film starts.
+
+Durability: WAL journal with ``synchronous=FULL``. In WAL mode ``NORMAL`` survives a crash of
+the process but a power cut may roll back the last commits; ``FULL`` fsyncs the WAL at every
+commit, so "committed" means "on the SD card" (one fsync per film, a few ms against a second of
+inference on a Pi). Either way SQLite's atomic commit keeps the file intact; FULL also keeps the
+promise that a scored film is never scored twice after a power cut.
+
+Uniqueness: ``UNIQUE(file_sha256, model_hash)``. A film that failed (status ``error``) is tried
+again on the next run and its row replaced; an ``ok`` row is final.
+
+Writers: ``OutLock`` takes an exclusive ``flock`` on ``OUT/.scan.lock``: a second scan into the
+same folder is refused with the first one's pid. SQLite's own locking (busy timeout) is the
+second line of defence, so the database is never corrupted even without the lock.
+
+Disk full (``database or disk is full`` / ENOSPC) becomes a ``StoreError`` that says so; what
+was committed stays, and the next run resumes after it.
+"""
+
+from __future__ import annotations
+
+import csv
+import errno
+import fcntl
+import json
+import os
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from edge.errors import StoreError
+
+__all__ = ["DB_NAME", "LOCK_NAME", "OVERLAYS", "FilmResult", "OutLock", "Store", "atomic_write_bytes",
+           "atomic_write_text", "atomic_writer", "csv_safe", "is_disk_full", "output_error"]
+
+DB_NAME = "results.sqlite"
+LOCK_NAME = ".scan.lock"
+OVERLAYS = "overlays"  # OUT/overlays/*.png, named in the rows' "overlays" column
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS results (
+    id           INTEGER PRIMARY KEY,
+    film_path    TEXT NOT NULL,
+    file_sha256  TEXT NOT NULL,
+    model_hash   TEXT NOT NULL,
+    status       TEXT NOT NULL CHECK (status IN ('ok', 'error')),
+    error_kind   TEXT,
+    error        TEXT,
+    labels       TEXT NOT NULL DEFAULT '[]',
+    scores       TEXT NOT NULL DEFAULT '{}',
+    flagged      TEXT NOT NULL DEFAULT '[]',
+    top_label    TEXT,
+    top_score    REAL,
+    cam          TEXT NOT NULL DEFAULT '[]',
+    cam_label    TEXT,
+    cam_x        INTEGER,
+    cam_y        INTEGER,
+    overlays     TEXT NOT NULL DEFAULT '[]',
+    film_width   INTEGER,
+    film_height  INTEGER,
+    decode_ms    REAL,
+    invoke_ms    REAL,
+    cam_ms       REAL,
+    overlay_ms   REAL,
+    runtime      TEXT,
+    device       TEXT,
+    model_kind   TEXT,
+    scanned_at   TEXT NOT NULL,
+    UNIQUE (file_sha256, model_hash)
+);
+"""
+_JSON_COLUMNS = ("labels", "scores", "flagged", "cam", "overlays")
+_LOW_SPACE = 64 * 1024  # bytes free below which a write error is taken for a full disk
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+@dataclass
+class FilmResult:
+    """One film's outcome under one model. JSON columns hold plain lists/dicts."""
+
+    film_path: str
+    file_sha256: str
+    model_hash: str
+    status: str
+    scanned_at: str
+    error_kind: str | None = None
+    error: str | None = None
+    labels: list = field(default_factory=list)
+    scores: dict = field(default_factory=dict)
+    flagged: list = field(default_factory=list)
+    top_label: str | None = None
+    top_score: float | None = None
+    cam: list = field(default_factory=list)  # [{"label", "x", "y", "overlay"}], top label first
+    cam_label: str | None = None
+    cam_x: int | None = None
+    cam_y: int | None = None
+    overlays: list = field(default_factory=list)  # paths relative to OUT
+    film_width: int | None = None
+    film_height: int | None = None
+    decode_ms: float | None = None
+    invoke_ms: float | None = None
+    cam_ms: float | None = None
+    overlay_ms: float | None = None
+    runtime: str | None = None
+    device: str | None = None
+    model_kind: str | None = None
+
+
+_COLUMNS = tuple(FilmResult.__dataclass_fields__)
+_UPSERT = (f"INSERT INTO results ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))}) "
+           f"ON CONFLICT (file_sha256, model_hash) DO UPDATE SET "
+           f"{', '.join(f'{c}=excluded.{c}' for c in _COLUMNS)} WHERE results.status='error'")
+_RETIRE = "DELETE FROM results WHERE film_path=? AND model_hash=? AND status='error' AND file_sha256<>?"
+
+
+def is_disk_full(err: BaseException) -> bool:
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return isinstance(err, sqlite3.OperationalError) and "full" in str(err).lower()
+
+
+def _no_space_left(path: Path) -> bool:
+    """SQLite reports some ENOSPC cases (its -shm file) as a plain "disk I/O error": ask the file system."""
+    for folder in (path, *path.parents):
+        try:
+            st = os.statvfs(folder)
+        except OSError:
+            continue
+        return st.f_bavail * st.f_frsize < _LOW_SPACE
+    return False
+
+
+def output_error(path: Path, err: BaseException, doing: str) -> StoreError:
+    """A StoreError for a failed write of results (database, export, overlay), saying when the disk is full."""
+    if is_disk_full(err) or _no_space_left(path):
+        return StoreError(f"{path}: the disk is full ({doing}); every result committed so far is kept: "
+                          f"free some space and run again to resume")
+    return StoreError(f"{path}: cannot {doing} ({err})")
+
+
+class Store:
+    """The SQLite results database. Use as a context manager or call ``close()``."""
+
+    def __init__(self, path: str | Path, *, timeout: float = 10.0):
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # check_same_thread off: scan's writer thread commits; never two threads at once (the scan is sequential)
+            self._db = sqlite3.connect(self.path, timeout=timeout, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+        except (sqlite3.Error, OSError) as err:
+            raise output_error(self.path, err, "open the results database") from None
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._db.close()
+
+    def status(self, sha256: str, model_hash: str) -> str | None:
+        """'ok', 'error' or None (never scored with this model)."""
+        row = self._db.execute("SELECT status FROM results WHERE file_sha256=? AND model_hash=?",
+                               (sha256, model_hash)).fetchone()
+        return row[0] if row else None
+
+    def has_result(self, sha256: str, model_hash: str) -> bool:
+        """True when this film already has a final (``ok``) result from this model."""
+        return self.status(sha256, model_hash) == "ok"
+
+    def done(self, model_hash: str) -> set[str]:
+        """File hashes with a final result from this model (what a resumed scan skips)."""
+        rows = self._db.execute("SELECT file_sha256 FROM results WHERE model_hash=? AND status='ok'", (model_hash,))
+        return {r[0] for r in rows}
+
+    def add(self, result: FilmResult) -> bool:
+        """Commit one result in one transaction. False if an ok row for this film and model was already there.
+
+        An earlier error row of the same film is replaced; an ok result also retires error rows left by
+        earlier versions of the same path (a truncated copy since fixed, a file that could not be read).
+        """
+        values = [json.dumps(v) if k in _JSON_COLUMNS else v for k, v in asdict(result).items()]
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                added = self._db.execute(_UPSERT, values).rowcount == 1
+                if added and result.status == "ok":
+                    self._db.execute(_RETIRE, (result.film_path, result.model_hash, result.file_sha256))
+                self._db.execute("COMMIT")  # fsynced before returning (synchronous=FULL)
+            except BaseException:
+                if self._db.in_transaction:  # SQLite may have rolled back itself (e.g. disk full)
+                    self._db.execute("ROLLBACK")
+                raise
+        except (sqlite3.Error, OSError) as err:
+            raise output_error(self.path, err, f"store the result of {result.film_path!r}") from None
+        return added
+
+    def rows(self, model_hash: str | None = None) -> Iterator[dict]:
+        """Every result as a dict (JSON columns decoded), in the order films were first stored."""
+        where, args = ("WHERE model_hash=?", (model_hash,)) if model_hash else ("", ())
+        cur = self._db.execute(f"SELECT {', '.join(_COLUMNS)} FROM results {where} ORDER BY id", args)
+        for row in cur:
+            item = dict(zip(_COLUMNS, row, strict=True))
+            for k in _JSON_COLUMNS:
+                item[k] = json.loads(item[k])
+            yield item
+
+    def count(self, status: str | None = None) -> int:
+        if status is None:
+            return self._db.execute("SELECT COUNT(*) FROM results").fetchone()[0]
+        return self._db.execute("SELECT COUNT(*) FROM results WHERE status=?", (status,)).fetchone()[0]
+
+    def count_model(self, model_hash: str) -> int:
+        return self._db.execute("SELECT COUNT(*) FROM results WHERE model_hash=?", (model_hash,)).fetchone()[0]
+
+    def integrity_check(self) -> str:
+        return "; ".join(r[0] for r in self._db.execute("PRAGMA integrity_check"))
+
+    def labels(self) -> list[str]:
+        """Every label any stored result has, in first-seen order (the CSV's score columns)."""
+        seen: dict[str, None] = {}
+        for (labels,) in self._db.execute("SELECT DISTINCT labels FROM results"):
+            seen.update(dict.fromkeys(json.loads(labels)))
+        return list(seen)
+
+    def export_csv(self, path: str | Path) -> int:
+        """All results as CSV (one score column per label); formula-like text cells made inert. Streamed."""
+        labels, n = self.labels(), 0
+        with self._export(path) as f:
+            writer = csv.writer(f, quoting=csv.QUOTE_MINIMAL, lineterminator="\r\n")
+            writer.writerow(csv_safe(c) for c in (*_CSV_FIELDS, *(f"score:{label}" for label in labels)))
+            for r in self.rows():
+                writer.writerow(csv_safe(c) for c in (*_csv_fields(r), *(r["scores"].get(lb, "") for lb in labels)))
+                n += 1
+        return n
+
+    def export_jsonl(self, path: str | Path) -> int:
+        """All results as JSON Lines (one JSON object per film, exactly the stored values). Streamed."""
+        n = 0
+        with self._export(path) as f:
+            for r in self.rows():
+                f.write(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n")
+                n += 1
+        return n
+
+    @contextmanager
+    def _export(self, path: str | Path) -> Iterator[TextIO]:
+        try:
+            with atomic_writer(path) as f:
+                yield f
+        except OSError as err:
+            raise output_error(Path(path), err, "write the export") from None
+
+
+_CSV_FIELDS = ("film_path", "status", "error_kind", "error", "flagged", "top_label", "top_score", "cam_label",
+               "cam_x", "cam_y", "overlays", "film_width", "film_height", "file_sha256", "model_hash", "runtime",
+               "device", "model_kind", "decode_ms", "invoke_ms", "cam_ms", "overlay_ms", "scanned_at")
+
+
+def _csv_fields(row: dict) -> list:
+    return [";".join(row[k]) if k in ("flagged", "overlays") else row[k] for k in _CSV_FIELDS]
+
+
+def csv_safe(value: object) -> object:
+    """Text a spreadsheet would run as a formula (= + - @ tab CR first) gets a leading apostrophe."""
+    if value is None:
+        return ""
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
+
+
+@contextmanager
+def atomic_writer(path: str | Path, mode: str = "w") -> Iterator[Any]:
+    """A file to write that appears at ``path`` only when complete (temp file, fsync, rename, dir fsync).
+
+    Readers see the old file or the new one, never half; a crash or an error leaves no temp file behind.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    text = {"encoding": "utf-8", "newline": ""} if "b" not in mode else {}
+    try:
+        with open(tmp, mode, **text) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    with atomic_writer(path, "wb") as f:
+        f.write(data)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    with atomic_writer(path) as f:
+        f.write(text)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class OutLock:
+    """Exclusive ``flock`` on ``OUT/.scan.lock`` held for a whole scan; released by the kernel if killed."""
+
+    def __init__(self, out_dir: str | Path):
+        self.out_dir = Path(out_dir)
+        self.path = self.out_dir / LOCK_NAME
+        self._fd: int | None = None
+
+    def __enter__(self) -> OutLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def acquire(self) -> None:
+        try:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise output_error(self.out_dir, err, "create the output folder") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise StoreError(f"another scan is writing to {self.out_dir} (pid {holder}); wait for it to finish "
+                             f"or choose another --out") from None
+        self._fd = fd
+        try:  # the pid is only for the message a second scan prints; a full disk must not stop this one
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError:
+            pass
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
