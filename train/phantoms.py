@@ -380,7 +380,7 @@ def _geometry(an, pose, cam_grid, rng):
     geo["Nodule"]["amp"] = u(0.45, 0.55)  # calcified-dense: still visible at 128 px
     geo["Mass"].update(amp=u(0.34, 0.42), seed=int(rng.integers(2**31)),
                        lobes=[(k, u(0.03, 0.08), u(0, 2 * np.pi)) for k in range(3, 8)])
-    geo["Consolidation"].update(amp=u(0.28, 0.34), aspect=u(0.75, 1.25), seed=int(rng.integers(2**31)))
+    geo["Consolidation"].update(amp=u(0.36, 0.42), aspect=u(0.75, 1.25), seed=int(rng.integers(2**31)))
     return geo
 
 
