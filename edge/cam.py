@@ -1,0 +1,295 @@
+"""CPU Grad-CAM from the model's last feature map, with the head's backward pass in numpy.
+
+A TFLite interpreter gives no gradients, and none are needed: the model also outputs the last
+feature map A (H×W×C, after the final ReLU), and the classifier head after it is small. Its
+parameters are in the bundle's ``cam_head.npz`` (float32, BatchNorm folded to ``scale*x+shift``
+as in eval mode, dropout the identity). For label c:
+
+1. forward the head on A to its logits, keeping each layer's input;
+2. backward from d logit_c (the class logit, for sigmoid and softmax tasks alike) to the
+   pooled features, then through the pooling to A: average pooling spreads uniformly
+   (1/HW per cell), max pooling sends the gradient to the arg-max cell of each channel;
+3. channel weights w_k = spatial mean of dA_k; cam = ReLU(Σ_k w_k A_k).
+
+For the CheXNet head (global average pool -> Linear) this is exactly CAM (W_c·A up to 1/HW).
+
+``cam_peak`` maps the peak back to film pixels through ``edge.preprocess.placement`` (cells that
+lie only over the padding of a non-square film are ignored). ``PEAKS``: "cell" (centre of the
+maximum cell; bilinear upsampling then argmax gives the same point) or "centroid" (default: the
+CAM-weighted centroid of the 3×3 cells around the maximum, a sub-cell estimate).
+
+A head is plain data: a sequence of layers ``(op, parameter prefix)`` in ``HEADS``; each op
+has a forward and a backward in ``OPS``. Array names in ``cam_head.npz`` (convert.camhead writes
+them) are ``<prefix>_<param>``, or ``<param>`` without a prefix: ``weight`` (L, C) and ``bias``
+for the CheXNet head; ``bn1_scale``/``bn1_shift`` (2C), ``fc1_weight`` (Hd, 2C)/``fc1_bias``,
+``bn2_scale``/``bn2_shift`` (Hd), ``fc2_weight`` (L, Hd)/``fc2_bias`` for the paper (fastai) head.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from edge.bundle import Bundle
+from edge.errors import BundleError
+from edge.preprocess import PREPROCESS, placement
+
+__all__ = ["HEADS", "OPS", "PEAKS", "POOLS", "Head", "array_name", "cam_peak", "grad_cam", "grad_cams", "grad_features",
+           "head_logits", "load_head", "make_head", "upsample"]
+
+TASKS = ("multilabel", "one_vs_all")  # both explain the class logit
+
+
+# ---------------------------------------------------------------- layers: forward(p, x), backward(p, x, dy)
+# x: the layer input (for the pooling ops the feature map H×W×C); dy: (K, out) gradients for K targets.
+
+def _avg_fwd(p: dict, a: np.ndarray) -> np.ndarray:
+    return a.mean(axis=(0, 1))
+
+
+def _avg_bwd(p: dict, a: np.ndarray, dy: np.ndarray) -> np.ndarray:
+    h, w, _ = a.shape
+    return np.broadcast_to(dy[:, None, None, :] / (h * w), (len(dy), *a.shape))
+
+
+def _max_fwd(p: dict, a: np.ndarray) -> np.ndarray:
+    return a.max(axis=(0, 1))
+
+
+def _max_bwd(p: dict, a: np.ndarray, dy: np.ndarray) -> np.ndarray:
+    h, w, c = a.shape
+    cell = a.reshape(h * w, c).argmax(axis=0)  # the first maximum, as PyTorch picks it
+    da = np.zeros((len(dy), h * w, c), np.float32)
+    da[:, cell, np.arange(c)] = dy
+    return da.reshape(len(dy), h, w, c)
+
+
+def _concat_fwd(p: dict, a: np.ndarray) -> np.ndarray:
+    return np.concatenate([_max_fwd(p, a), _avg_fwd(p, a)])  # fastai order: max, then avg
+
+
+def _concat_bwd(p: dict, a: np.ndarray, dy: np.ndarray) -> np.ndarray:
+    c = a.shape[2]
+    return _max_bwd(p, a, dy[:, :c]) + _avg_bwd(p, a, dy[:, c:])
+
+
+def _linear_fwd(p: dict, x: np.ndarray) -> np.ndarray:
+    return p["weight"] @ x + p["bias"]
+
+
+def _linear_bwd(p: dict, x: np.ndarray, dy: np.ndarray) -> np.ndarray:
+    return dy @ p["weight"]
+
+
+def _affine_fwd(p: dict, x: np.ndarray) -> np.ndarray:
+    return p["scale"] * x + p["shift"]
+
+
+def _affine_bwd(p: dict, x: np.ndarray, dy: np.ndarray) -> np.ndarray:
+    return dy * p["scale"]
+
+
+def _relu_fwd(p: dict, x: np.ndarray) -> np.ndarray:
+    return np.maximum(x, 0)
+
+
+def _relu_bwd(p: dict, x: np.ndarray, dy: np.ndarray) -> np.ndarray:
+    return dy * (x > 0)
+
+
+@dataclass(frozen=True)
+class Op:
+    forward: Callable[[dict, np.ndarray], np.ndarray]
+    backward: Callable[[dict, np.ndarray, np.ndarray], np.ndarray]
+    params: tuple[str, ...] = ()
+
+
+OPS: dict[str, Op] = {
+    "avgpool": Op(_avg_fwd, _avg_bwd),
+    "concatpool": Op(_concat_fwd, _concat_bwd),
+    "linear": Op(_linear_fwd, _linear_bwd, ("weight", "bias")),
+    "affine": Op(_affine_fwd, _affine_bwd, ("scale", "shift")),  # eval-mode BatchNorm1d
+    "relu": Op(_relu_fwd, _relu_bwd),
+}
+
+# Head name (bundle.json cam.head) -> its layers after the feature map; dropout is the identity in eval.
+# POOLS: bundle.json cam.pool as convert.camhead names each head's pooling (checked when present).
+HEADS: dict[str, tuple[tuple[str, str], ...]] = {
+    "chexnet": (("avgpool", ""), ("linear", "")),
+    "paper": (("concatpool", ""), ("affine", "bn1"), ("linear", "fc1"), ("relu", ""), ("affine", "bn2"),
+              ("linear", "fc2")),
+}
+POOLS = {"chexnet": "avg", "paper": "concat-max-avg"}
+
+
+def array_name(prefix: str, param: str) -> str:
+    """The cam_head.npz name of a layer's parameter: ``fc1_weight``, or ``weight`` without a prefix."""
+    return f"{prefix}_{param}" if prefix else param
+
+
+@dataclass(frozen=True)
+class Head:
+    """A classifier head: its name, its layers as (op, parameters) and the task."""
+
+    name: str
+    layers: tuple[tuple[str, dict], ...]
+    task: str = "multilabel"
+
+
+def make_head(name: str, arrays: dict[str, np.ndarray], task: str = "multilabel") -> Head:
+    """A Head from flat arrays named as ``array_name`` says; KeyError naming an unknown head or missing array."""
+    if name not in HEADS:
+        raise KeyError(f"unknown CAM head {name!r}; this edge knows {sorted(HEADS)}")
+    missing = [array_name(prefix, k) for op, prefix in HEADS[name] for k in OPS[op].params
+               if array_name(prefix, k) not in arrays]
+    if missing:
+        raise KeyError(f"missing arrays {missing}")
+    layers = tuple((op, {k: np.asarray(arrays[array_name(prefix, k)], np.float32) for k in OPS[op].params})
+                   for op, prefix in HEADS[name])
+    return Head(name=name, layers=layers, task=task)
+
+
+# ---------------------------------------------------------------- pure numpy: forward, backward, CAM
+
+def _forward(head: Head, a: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+    """(logits, the input of every layer)."""
+    inputs, x = [], np.asarray(a, np.float32)
+    for op, p in head.layers:
+        inputs.append(x)
+        x = OPS[op].forward(p, x)
+    return x, inputs
+
+
+def head_logits(head: Head, a: np.ndarray) -> np.ndarray:
+    """The head's logits (L,) for the feature map A (H, W, C)."""
+    return _forward(head, a)[0]
+
+
+def grad_features(head: Head, a: np.ndarray, label_indices: Sequence[int]) -> np.ndarray:
+    """d logit_c / dA for each c in ``label_indices``: (K, H, W, C) float32."""
+    logits, inputs = _forward(head, a)
+    dy = np.eye(len(logits), dtype=np.float32)[list(label_indices)]
+    for (op, p), x in zip(reversed(head.layers), reversed(inputs), strict=True):
+        dy = OPS[op].backward(p, x, dy)
+    return np.asarray(dy, np.float32)
+
+
+def grad_cams(head: Head, a: np.ndarray, label_indices: Sequence[int], task: str | None = None) -> np.ndarray:
+    """Grad-CAM maps (K, H, W) float32 ≥ 0 for several labels at once."""
+    task = task or head.task
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
+    a = np.asarray(a, np.float32)
+    weights = grad_features(head, a, label_indices).mean(axis=(1, 2))  # (K, C)
+    return np.maximum(np.einsum("hwc,kc->khw", a, weights), 0).astype(np.float32)
+
+
+def grad_cam(head: Head, a: np.ndarray, label_index: int, task: str | None = None) -> np.ndarray:
+    """Grad-CAM (H, W) float32 ≥ 0 of label ``label_index`` on the feature map A (H, W, C)."""
+    return grad_cams(head, a, [label_index], task)[0]
+
+
+# ---------------------------------------------------------------- back to the film
+
+def _interp_matrix(n_out: int, n_grid: int, start: float, step: float) -> np.ndarray:
+    """(n_out, n_grid) bilinear weights: output pixel i sits at grid coordinate start + (i + 0.5) * step - 0.5."""
+    g = np.clip(start + (np.arange(n_out) + 0.5) * step - 0.5, 0, n_grid - 1)
+    lo = np.minimum(np.floor(g).astype(int), n_grid - 1)
+    hi = np.minimum(lo + 1, n_grid - 1)
+    frac = (g - lo).astype(np.float32)
+    m = np.zeros((n_out, n_grid), np.float32)
+    m[np.arange(n_out), lo] += 1 - frac
+    m[np.arange(n_out), hi] += frac
+    return m
+
+
+def upsample(cam: np.ndarray, film_shape: tuple[int, int], size: int | None = None) -> np.ndarray:
+    """The grid CAM (h, w) bilinearly spread over a film of ``film_shape`` (padding removed): (H, W) float32.
+
+    ``film_shape`` may be the film's or a scaled copy's (same aspect): an overlay at 1024 px uses the latter.
+    """
+    size = size or int(PREPROCESS["size"])
+    scale, top, left = placement(film_shape, size)
+    gh, gw = cam.shape
+    rows = _interp_matrix(film_shape[0], gh, top * gh / size, scale * gh / size)
+    cols = _interp_matrix(film_shape[1], gw, left * gw / size, scale * gw / size)
+    return (rows @ np.asarray(cam, np.float32) @ cols.T).astype(np.float32)
+
+
+def _film_cells(grid: tuple[int, int], film_shape: tuple[int, int], size: int) -> np.ndarray:
+    """(h, w) bool: grid cells that overlap the film inside the padded input."""
+    scale, top, left = placement(film_shape, size)
+    nh, nw = film_shape[0] * scale, film_shape[1] * scale
+    ys = (np.arange(grid[0] + 1) * size / grid[0])
+    xs = (np.arange(grid[1] + 1) * size / grid[1])
+    rows = (ys[1:] > top) & (ys[:-1] < top + nh)
+    cols = (xs[1:] > left) & (xs[:-1] < left + nw)
+    return rows[:, None] & cols[None, :]
+
+
+def _peak_cell(cam: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
+    """Grid coordinates (row, col) of the maximum cell's centre."""
+    r, c = np.unravel_index(np.argmax(np.where(mask, cam, -np.inf)), cam.shape)
+    return r + 0.5, c + 0.5
+
+
+def _peak_centroid(cam: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
+    """Grid coordinates of the CAM-weighted centroid of the 3×3 cells around the maximum."""
+    r, c = (int(v - 0.5) for v in _peak_cell(cam, mask))
+    r0, r1, c0, c1 = max(r - 1, 0), min(r + 2, cam.shape[0]), max(c - 1, 0), min(c + 2, cam.shape[1])
+    win = np.where(mask, np.maximum(cam, 0), 0)[r0:r1, c0:c1]
+    if win.sum() <= 0:
+        return r + 0.5, c + 0.5
+    ry, cx = np.mgrid[r0:r1, c0:c1] + 0.5
+    return float((win * ry).sum() / win.sum()), float((win * cx).sum() / win.sum())
+
+
+PEAKS = {"cell": _peak_cell, "centroid": _peak_centroid}
+
+
+def cam_peak(cam: np.ndarray, film_shape: tuple[int, int], method: str = "centroid",
+             size: int | None = None) -> tuple[int, int]:
+    """(x, y) film pixel of the CAM's peak; cells over the padding are ignored."""
+    size = size or int(PREPROCESS["size"])
+    gy, gx = PEAKS[method](np.asarray(cam, np.float32), _film_cells(cam.shape, film_shape, size))
+    scale, top, left = placement(film_shape, size)
+    x = (gx * size / cam.shape[1] - left) / scale
+    y = (gy * size / cam.shape[0] - top) / scale
+    return int(np.clip(x, 0, film_shape[1] - 1)), int(np.clip(y, 0, film_shape[0] - 1))
+
+
+# ---------------------------------------------------------------- I/O: the head from the bundle
+
+def load_head(bundle: Bundle) -> Head:
+    """The CAM head described by bundle.json ``cam`` and its parameter file (checksummed by load_bundle)."""
+    cam = bundle.spec["cam"]
+    path = bundle.path / cam["params"]
+    if cam["params"] not in bundle.spec["files"]:
+        raise BundleError(f"{path}: CAM parameters have no checksum in bundle.json")
+    if "pool" in cam and cam["head"] in POOLS and cam["pool"] != POOLS[cam["head"]]:
+        raise BundleError(f"{bundle.path / 'bundle.json'}: CAM head {cam['head']!r} with pooling {cam['pool']!r}; "
+                          f"this edge implements {POOLS[cam['head']]!r}")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+        head = make_head(cam["head"], arrays, bundle.task)
+    except (OSError, ValueError) as err:
+        raise BundleError(f"{path}: cannot read the CAM head ({err})") from None
+    except KeyError as err:
+        raise BundleError(f"{path}: {err.args[0]} for CAM head {cam['head']!r}") from None
+    _check_head(head, bundle, path)
+    return head
+
+
+def _check_head(head: Head, bundle: Bundle, path) -> None:
+    """The head must take the feature map's channels and give one logit per label."""
+    c, n_labels = bundle.spec["cam"]["feature_shape"][-1], len(bundle.labels)
+    a = np.zeros((1, 1, c), np.float32)
+    try:
+        logits = head_logits(head, a)
+    except ValueError as err:
+        raise BundleError(f"{path}: the CAM head does not fit {c} feature channels ({err})") from None
+    if logits.shape != (n_labels,):
+        raise BundleError(f"{path}: the CAM head gives {logits.shape} logits for {n_labels} labels")

@@ -1,0 +1,117 @@
+"""Heatmap overlays: a CAM over its film as an RGB picture, written atomically as PNG.
+
+The film is scaled down to at most ``MAX_SIDE`` pixels on its longer side, the CAM (any shape
+with the film's aspect, e.g. ``edge.cam.upsample(cam, overlay_shape(film.shape))``) is scaled
+to [0, 1] by its maximum, coloured with a jet-like map and blended over the film with an
+opacity that grows with the heat, so a cold region shows the plain film.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+__all__ = ["ALPHA", "MAX_SIDE", "jet", "overlay", "overlay_shape", "save_overlay_png"]
+
+MAX_SIDE = 1024
+ALPHA = 0.5  # opacity of the hottest point
+PNG_LEVEL = 1  # zlib level: 4x faster than Pillow's default 6 on noisy films, files ~15% larger
+
+
+def overlay_shape(film_shape: tuple[int, int], max_side: int = MAX_SIDE) -> tuple[int, int]:
+    """The (H, W) of the overlay picture for a film of ``film_shape``."""
+    h, w = film_shape
+    scale = min(1.0, max_side / max(h, w))
+    return max(1, round(h * scale)), max(1, round(w * scale))
+
+
+def jet(t: np.ndarray) -> np.ndarray:
+    """[0, 1] values -> (…, 3) float32 RGB in [0, 1]: blue, cyan, yellow, red."""
+    t = np.clip(np.asarray(t, np.float32), 0, 1)[..., None]
+    centres = np.array([0.75, 0.5, 0.25], np.float32)  # r, g, b peaks
+    return np.clip(1.5 - np.abs(4 * (t - centres)), 0, 1)
+
+
+def _normalised(cam: np.ndarray) -> np.ndarray:
+    cam = np.maximum(np.nan_to_num(np.asarray(cam, np.float32)), 0)
+    top = float(cam.max()) if cam.size else 0.0
+    return cam / top if top > 0 else np.zeros_like(cam)
+
+
+def _resize(a: np.ndarray, shape: tuple[int, int], resample: Image.Resampling) -> np.ndarray:
+    if a.shape == shape:
+        return a
+    return np.asarray(Image.fromarray(a).resize((shape[1], shape[0]), resample))
+
+
+@functools.lru_cache(maxsize=4)
+def _blend_table(alpha: float) -> np.ndarray:
+    """(256 heat levels × 256 grey levels,) uint32: the blended RGB(0) of every (heat, grey) pair, packed
+    so that one gather of 4-byte words colours a picture."""
+    heat = np.arange(256, dtype=np.float32)[:, None, None] / 255.0
+    grey = np.arange(256, dtype=np.float32)[None, :, None] / 255.0
+    a = alpha * heat
+    rgb = np.rint((grey * (1 - a) + jet(heat[:, :, 0])[:, None, 0, :] * a) * 255).astype(np.uint8)
+    rgbx = np.concatenate([rgb, np.zeros((256, 256, 1), np.uint8)], axis=2)
+    table = np.ascontiguousarray(rgbx).view(np.uint32).reshape(-1)
+    table.flags.writeable = False
+    return table
+
+
+def blend(film: np.ndarray, heat: np.ndarray, alpha: float = ALPHA) -> np.ndarray:
+    """Film (H, W) uint8 and heat (H, W) in [0, 1] -> RGB uint8 with heat-weighted opacity (one table lookup)."""
+    levels = np.rint(np.clip(heat, 0, 1) * 255).astype(np.uint16)
+    packed = _blend_table(float(alpha))[(levels << 8) | film]
+    return np.ascontiguousarray(packed.view(np.uint8).reshape(*film.shape, 4)[..., :3])
+
+
+def overlay(film: np.ndarray, cam_film: np.ndarray, alpha: float = ALPHA, label: str | None = None,
+            peak: tuple[int, int] | None = None, max_side: int = MAX_SIDE) -> np.ndarray:
+    """The CAM over the film as RGB uint8, at most ``max_side`` pixels; optional label text and peak marker.
+
+    ``peak`` is (x, y) in the film's own pixel coordinates.
+    """
+    if film.ndim != 2 or film.dtype != np.uint8:
+        raise ValueError(f"expected a 2-D uint8 film, got {film.dtype} of shape {film.shape}")
+    shape = overlay_shape(film.shape, max_side)
+    small = _resize(film, shape, Image.Resampling.BILINEAR)
+    heat = _resize(_normalised(cam_film), shape, Image.Resampling.BILINEAR)
+    rgb = blend(small, heat, alpha)
+    if label is None and peak is None:
+        return rgb
+    return _annotate(rgb, label, peak, shape[1] / film.shape[1])
+
+
+def _annotate(rgb: np.ndarray, label: str | None, peak: tuple[int, int] | None, scale: float) -> np.ndarray:
+    img = Image.fromarray(rgb)
+    draw = ImageDraw.Draw(img)
+    r = max(4, round(min(img.size) / 60))
+    if peak is not None:
+        x, y = (peak[0] + 0.5) * scale, (peak[1] + 0.5) * scale
+        draw.ellipse((x - r, y - r, x + r, y + r), outline=(255, 255, 255), width=max(1, r // 3))
+        draw.line((x - 2 * r, y, x + 2 * r, y), fill=(255, 255, 255), width=1)
+        draw.line((x, y - 2 * r, x, y + 2 * r), fill=(255, 255, 255), width=1)
+    if label:
+        draw.rectangle((0, 0, img.size[0], 2 * r + 12), fill=(0, 0, 0))
+        draw.text((r, r), label, fill=(255, 255, 255))
+    return np.asarray(img)
+
+
+def save_overlay_png(path: str | Path, film: np.ndarray, cam_film: np.ndarray, **kwargs) -> Path:
+    """Write ``overlay(film, cam_film, **kwargs)`` to ``path`` as PNG atomically (temp file, fsync, rename)."""
+    path = Path(path)
+    rgb = overlay(film, cam_film, **kwargs)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            Image.fromarray(rgb).save(f, format="PNG", compress_level=PNG_LEVEL)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path

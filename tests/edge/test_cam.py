@@ -1,0 +1,215 @@
+"""The numpy Grad-CAM: gradients against finite differences and hand derivations, peaks, upsampling."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from edge.bundle import Bundle
+from edge.cam import HEADS, cam_peak, grad_cam, grad_cams, grad_features, head_logits, load_head, make_head, upsample
+from edge.errors import BundleError
+
+C, HID, L, GRID = 6, 5, 4, 3
+
+
+def _random_arrays(name: str, rng: np.random.Generator, c: int = C, n_labels: int = L) -> dict[str, np.ndarray]:
+    def r(*shape):
+        return rng.normal(size=shape).astype(np.float32)
+    if name == "chexnet":
+        return {"weight": r(n_labels, c), "bias": r(n_labels)}
+    return {"bn1_scale": r(2 * c), "bn1_shift": r(2 * c), "fc1_weight": r(HID, 2 * c), "fc1_bias": r(HID),
+            "bn2_scale": r(HID), "bn2_shift": r(HID), "fc2_weight": r(n_labels, HID), "fc2_bias": r(n_labels)}
+
+
+def _features(rng: np.random.Generator, grid: int = GRID, c: int = C) -> np.ndarray:
+    """Non-negative features with a clear maximum per channel (no ties within a finite-difference step)."""
+    a = rng.uniform(0, 1, size=(grid, grid, c)).astype(np.float32)
+    cells = rng.integers(0, grid * grid, size=c)
+    a.reshape(-1, c)[cells, np.arange(c)] += 1.0
+    return a
+
+
+def _finite_difference(head, a: np.ndarray, label: int, eps: float = 1e-3) -> np.ndarray:
+    grad = np.zeros_like(a, dtype=np.float64)
+    for idx in np.ndindex(a.shape):
+        up, down = a.copy(), a.copy()
+        up[idx] += eps
+        down[idx] -= eps
+        grad[idx] = (head_logits(head, up)[label] - head_logits(head, down)[label]) / (2 * eps)
+    return grad
+
+
+@pytest.mark.parametrize("name", sorted(HEADS))
+def test_gradient_matches_finite_differences(name):
+    rng = np.random.default_rng(1)
+    head = make_head(name, _random_arrays(name, rng))
+    a = _features(rng)
+    analytic = grad_features(head, a, range(L))
+    assert analytic.shape == (L, GRID, GRID, C)
+    for label in range(L):
+        np.testing.assert_allclose(analytic[label], _finite_difference(head, a, label), atol=2e-2, rtol=1e-2)
+    assert np.abs(analytic).max() > 0.1  # the comparison is not between zeros
+
+
+def test_chexnet_head_forward_is_gap_then_linear():
+    rng = np.random.default_rng(2)
+    arrays = _random_arrays("chexnet", rng)
+    a = _features(rng)
+    expected = arrays["weight"] @ a.mean(axis=(0, 1)) + arrays["bias"]
+    np.testing.assert_allclose(head_logits(make_head("chexnet", arrays), a), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_chexnet_grad_cam_is_classic_cam():
+    rng = np.random.default_rng(3)
+    arrays = _random_arrays("chexnet", rng)
+    head = make_head("chexnet", arrays)
+    a = _features(rng)
+    for label in range(L):
+        classic = np.maximum(a @ arrays["weight"][label], 0)
+        np.testing.assert_allclose(grad_cam(head, a, label, "multilabel") * GRID * GRID, classic, rtol=1e-5,
+                                   atol=1e-5)
+
+
+def _paper_by_hand(arrays: dict, a: np.ndarray, label: int) -> np.ndarray:
+    """Grad-CAM of the paper head derived on paper: dmax goes to one cell, davg everywhere; w = (dmax+davg)/HW."""
+    p = np.concatenate([a.max(axis=(0, 1)), a.mean(axis=(0, 1))])
+    h1 = arrays["fc1_weight"] @ (arrays["bn1_scale"] * p + arrays["bn1_shift"]) + arrays["fc1_bias"]
+    dh1 = arrays["fc2_weight"][label] * arrays["bn2_scale"] * (h1 > 0)
+    dp = arrays["bn1_scale"] * (arrays["fc1_weight"].T @ dh1)
+    w = (dp[:C] + dp[C:]) / (a.shape[0] * a.shape[1])
+    return np.maximum(a @ w, 0)
+
+
+def test_paper_grad_cam_matches_hand_derivation():
+    rng = np.random.default_rng(4)
+    arrays = _random_arrays("paper", rng)
+    head = make_head("paper", arrays)
+    a = _features(rng)
+    maps = grad_cams(head, a, range(L), "one_vs_all")
+    assert maps.shape == (L, GRID, GRID) and maps.dtype == np.float32 and (maps >= 0).all()
+    for label in range(L):
+        np.testing.assert_allclose(maps[label], _paper_by_hand(arrays, a, label), rtol=1e-4, atol=1e-5)
+    assert maps.max() > 0
+
+
+@pytest.mark.parametrize("name", sorted(HEADS))
+def test_head_exported_by_convert_matches_pytorch_autograd(name):
+    """convert.camhead's arrays of a real PyTorch head (eval mode) give its logits and its autograd Grad-CAM."""
+    torch = pytest.importorskip("torch")
+    from convert.camhead import head_arrays
+    from train.model import HEADS as TORCH_HEADS
+
+    torch.manual_seed(0)
+    net = TORCH_HEADS[name](C, L, 0.5).eval()
+    for bn in (m for m in net.modules() if isinstance(m, torch.nn.BatchNorm1d)):
+        bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2), bn.weight.data.uniform_(0.5, 2)
+        bn.bias.data.uniform_(-1, 1)
+    head = make_head(name, head_arrays(SimpleNamespace(head_name=name, head=net)))
+    a = _features(np.random.default_rng(5))
+    at = torch.from_numpy(a).permute(2, 0, 1)[None].requires_grad_(True)
+    logits = net(at)
+    np.testing.assert_allclose(head_logits(head, a), logits[0].detach().numpy(), rtol=1e-4, atol=1e-4)
+    refs = []
+    for label in range(L):
+        (grad,) = torch.autograd.grad(logits[0, label], at, retain_graph=True)
+        refs.append(torch.relu((grad.mean(dim=(2, 3), keepdim=True) * at).sum(1))[0].detach().numpy())
+    np.testing.assert_allclose(grad_cams(head, a, range(L)), np.stack(refs), rtol=1e-4, atol=1e-5)
+    assert max(ref.max() for ref in refs) > 0.01
+
+
+def test_grad_cam_refuses_unknown_task():
+    head = make_head("chexnet", _random_arrays("chexnet", np.random.default_rng(0)))
+    with pytest.raises(ValueError, match="task"):
+        grad_cam(head, np.ones((GRID, GRID, C), np.float32), 0, "regression")
+
+
+# ---------------------------------------------------------------- peaks and upsampling
+
+def _hot(cells: dict[tuple[int, int], float], grid: int = 7) -> np.ndarray:
+    cam = np.zeros((grid, grid), np.float32)
+    for cell, value in cells.items():
+        cam[cell] = value
+    return cam
+
+
+@pytest.mark.parametrize("method", ["cell", "centroid"])
+def test_peak_of_a_single_hot_cell_is_its_centre_on_a_square_film(method):
+    x, y = cam_peak(_hot({(2, 5): 1.0}), (1024, 1024), method=method)
+    assert (x, y) == (int(5.5 * 1024 / 7), int(2.5 * 1024 / 7))
+
+
+def test_peak_mapping_removes_the_padding_of_a_tall_film():
+    # 700×350 film: scale 0.32, drawn 112 px wide from x=56 in the 224 input; columns 0 and 6 are padding.
+    cam = _hot({(3, 0): 9.0, (3, 6): 9.0, (3, 3): 1.0})
+    x, y = cam_peak(cam, (700, 350), method="cell")
+    assert abs(x - 175) <= 1 and abs(y - 350) <= 1
+
+
+def test_peak_mapping_removes_the_padding_of_a_wide_film():
+    # 300×900 film: drawn 75 px high from y=74, so grid rows 0, 1, 5, 6 are padding; cell (2, 1) is at (48, 80).
+    cam = _hot({(0, 1): 9.0, (6, 1): 9.0, (2, 1): 1.0})
+    x, y = cam_peak(cam, (300, 900), method="cell")
+    scale, top = 224 / 900, 74
+    assert abs(x - 48 / scale) <= 1 and abs(y - (80 - top) / scale) <= 1
+
+
+def test_centroid_peak_falls_between_two_equal_cells():
+    x, y = cam_peak(_hot({(3, 3): 1.0, (3, 4): 1.0}), (700, 700), method="centroid")
+    assert abs(x - 400) <= 1 and abs(y - 350) <= 1  # the shared edge of columns 3 and 4 is at x = 4/7 * 700
+
+
+def test_upsample_is_constant_for_a_constant_cam_and_peaks_at_the_hot_cell():
+    flat = upsample(np.full((7, 7), 2.0, np.float32), (500, 300))
+    assert flat.shape == (500, 300) and flat.dtype == np.float32
+    np.testing.assert_allclose(flat, 2.0, rtol=1e-6)
+    cam = _hot({(1, 3): 1.0})
+    up = upsample(cam, (700, 350))
+    y, x = np.unravel_index(np.argmax(up), up.shape)
+    px, py = cam_peak(cam, (700, 350), method="cell")
+    assert abs(x - px) <= 3 and abs(y - py) <= 3
+    assert up.max() == pytest.approx(1.0, abs=0.02)
+
+
+# ---------------------------------------------------------------- loading from a bundle
+
+def _bundle(tmp_path, name: str, arrays: dict, labels=("A", "B", "C", "D"), listed: bool = True) -> Bundle:
+    np.savez(tmp_path / "cam_head.npz", **arrays)
+    spec = {"task": "multilabel", "labels": list(labels), "thresholds": dict.fromkeys(labels, 0.5),
+            "cam": {"head": name, "params": "cam_head.npz", "feature_shape": [7, 7, C]},
+            "files": {"cam_head.npz": "0" * 64} if listed else {}}
+    return Bundle(path=tmp_path, spec=spec)
+
+
+@pytest.mark.parametrize("name", sorted(HEADS))
+def test_load_head_reads_the_bundle_head(tmp_path, name):
+    arrays = _random_arrays(name, np.random.default_rng(6))
+    head = load_head(_bundle(tmp_path, name, arrays))
+    a = _features(np.random.default_rng(7))
+    np.testing.assert_allclose(head_logits(head, a), head_logits(make_head(name, arrays), a))
+    assert head.name == name and head.task == "multilabel"
+
+
+def test_load_head_names_a_missing_array(tmp_path):
+    arrays = _random_arrays("paper", np.random.default_rng(0))
+    del arrays["bn2_shift"]
+    with pytest.raises(BundleError, match="bn2_shift"):
+        load_head(_bundle(tmp_path, "paper", arrays))
+
+
+def test_load_head_refuses_a_head_of_another_label_count(tmp_path):
+    arrays = _random_arrays("chexnet", np.random.default_rng(0), n_labels=3)
+    with pytest.raises(BundleError, match="4 labels"):
+        load_head(_bundle(tmp_path, "chexnet", arrays))
+
+
+def test_load_head_refuses_unknown_head_unlisted_file_and_pickles(tmp_path):
+    arrays = _random_arrays("chexnet", np.random.default_rng(0))
+    with pytest.raises(BundleError, match="unknown CAM head"):
+        load_head(_bundle(tmp_path, "resnet", arrays))
+    with pytest.raises(BundleError, match="checksum"):
+        load_head(_bundle(tmp_path, "chexnet", arrays, listed=False))
+    arrays["weight"] = np.array([{"evil": 1}], dtype=object)
+    with pytest.raises(BundleError, match="cannot read"):
+        load_head(_bundle(tmp_path, "chexnet", arrays))

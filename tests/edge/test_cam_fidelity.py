@@ -1,0 +1,123 @@
+"""Issue 5 acceptance: the int8 CPU Grad-CAM against PyTorch autograd Grad-CAM on the fp32 model.
+
+On held-out phantom films with drawn lesions (the session's briefly trained model and its bundle):
+the mean Pearson correlation of the two CAMs is at least 0.9, and the int8 CAM's peak lies inside
+the drawn lesion box for at least 80% of the lesions. Also: a bundle whose label list does not match
+the model's outputs is refused before any film is scored.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge.cam import PEAKS, cam_peak, grad_cam, load_head
+from edge.errors import BundleError
+from edge.films import load_film
+from edge.preprocess import MEAN, STD, preprocess
+from edge.runtime import open_model
+from edge.store import DB_NAME
+
+pytestmark = pytest.mark.slow
+
+MAX_FILMS = 40
+MIN_CORRELATION = 0.9
+MIN_INSIDE = 0.8
+
+
+def _lesions(phantom_set: Path) -> dict[str, list[tuple[str, tuple[float, float, float, float]]]]:
+    """Held-out film name -> [(label, (x, y, w, h))] from BBox_List_2017.csv."""
+    held_out = set((phantom_set / "test_list.txt").read_text().split())
+    boxes: dict[str, list] = {}
+    with open(phantom_set / "BBox_List_2017.csv", newline="") as f:
+        rows = csv.reader(f)
+        next(rows)
+        for row in rows:
+            if row and row[0] in held_out:
+                boxes.setdefault(row[0], []).append((row[1], tuple(float(v) for v in row[2:6])))
+    return dict(sorted(boxes.items())[:MAX_FILMS])
+
+
+def _torch_grad_cam(model, x: np.ndarray, label: int) -> np.ndarray:
+    """Autograd Grad-CAM (7×7) of the fp32 PyTorch model on the 224×224×3 uint8 input, with the training
+    normalisation: channel weights are the spatial mean of d logit / dA, cam = ReLU(Σ w A)."""
+    import torch
+
+    t = torch.from_numpy(x).permute(2, 0, 1)[None].float()
+    t = (t - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+    a = model.forward_features(t)
+    (grad,) = torch.autograd.grad(model.forward_head(a)[0, label], a)
+    return torch.relu((grad.mean(dim=(2, 3), keepdim=True) * a).sum(1))[0].detach().numpy()
+
+
+def _pearson(u: np.ndarray, v: np.ndarray) -> float | None:
+    """Correlation of two maps; None when both are flat (nothing to compare), 0 when only one is."""
+    su, sv = u.std(), v.std()
+    if su == 0 and sv == 0:
+        return None
+    if su == 0 or sv == 0:
+        return 0.0
+    return float(np.corrcoef(u.ravel(), v.ravel())[0, 1])
+
+
+def _inside(point: tuple[int, int], box: tuple[float, float, float, float]) -> bool:
+    x, y, w, h = box
+    return x <= point[0] <= x + w and y <= point[1] <= y + h
+
+
+def test_int8_cpu_grad_cam_agrees_with_pytorch_and_finds_the_lesions(checkpoint, bundle_dir, phantom_set):
+    from train.checkpoint import model_from_checkpoint
+
+    torch_model, _ = model_from_checkpoint(checkpoint)
+    model = open_model(bundle_dir, device="cpu")
+    head, labels = load_head(model.bundle), model.bundle.labels
+    lesions = _lesions(phantom_set)
+    assert len(lesions) >= 10, f"too few held-out films with lesion boxes: {len(lesions)}"
+    corr, flat, inside, inside_fp32 = [], 0, {m: 0 for m in PEAKS}, 0
+    n = 0
+    for name, boxes in lesions.items():
+        film = load_film(next(phantom_set.rglob(name)))
+        x = preprocess(film)
+        features = model.predict(x).features
+        for label, box in boxes:
+            assert label in labels, f"{name}: box label {label!r} is not a model label"
+            c = labels.index(label)
+            cam, ref = grad_cam(head, features, c, model.bundle.task), _torch_grad_cam(torch_model, x, c)
+            r = _pearson(cam, ref)
+            flat += r is None
+            corr += [] if r is None else [r]
+            for method in PEAKS:
+                inside[method] += _inside(cam_peak(cam, film.shape, method=method), box)
+            inside_fp32 += _inside(cam_peak(ref, film.shape), box)
+            n += 1
+    mean_corr, share = float(np.mean(corr)), {m: k / n for m, k in inside.items()}
+    print(f"\nCAM fidelity on {len(lesions)} held-out films, {n} lesions: mean Pearson int8 vs PyTorch fp32 "
+          f"{mean_corr:.3f} (min {min(corr):.3f}, {flat} both flat); peak inside the lesion box: "
+          + ", ".join(f"{m} {v:.0%}" for m, v in share.items()) + f"; PyTorch fp32 CAM {inside_fp32 / n:.0%}")
+    assert flat <= n // 10, f"{flat} of {n} CAM pairs are flat in both models"
+    assert mean_corr >= MIN_CORRELATION
+    assert share["centroid"] >= MIN_INSIDE  # cam_peak's default method
+
+
+def test_a_bundle_whose_labels_do_not_match_the_model_is_refused_before_any_film(bundle_dir, phantom_set, tmp_path,
+                                                                                   capsys):
+    from edge.scan import main as scan_main
+
+    bad = tmp_path / "bundle"
+    shutil.copytree(bundle_dir, bad)
+    spec = json.loads((bad / "bundle.json").read_text())
+    dropped = spec["labels"].pop()
+    del spec["thresholds"][dropped]
+    (bad / "bundle.json").write_text(json.dumps(spec))
+    with pytest.raises(BundleError, match=f"{len(spec['labels']) + 1} scores but bundle.json lists"):
+        open_model(bad, device="cpu")
+    out = tmp_path / "results"
+    film = next(iter(sorted((phantom_set / "images").glob("*.png"))))
+    assert scan_main([str(film), "--bundle", str(bad), "--out", str(out), "--quiet"]) == 2
+    assert "labels" in capsys.readouterr().err
+    assert not (out / DB_NAME).exists()
