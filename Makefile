@@ -39,8 +39,10 @@ demo: install
 convert: install
 	$(PY) -m convert $(CKPT) --data $(DATA) --out $(OUT)
 
+# Run after `make demo` (it benchmarks the demo's bundle and films).
 bench: install
-	$(PY) -m edge.bench
+	$(PY) -m convert.bench $(DEMO)/bundle $(DEMO)/run/best.safetensors --json $(DEMO)/bench-convert.json
+	$(PY) -m edge.bench --bundle $(DEMO)/bundle --json $(DEMO)/bench-edge.json
 
 bench-train: install
 	$(PY) -m train.bench

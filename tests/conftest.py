@@ -24,7 +24,7 @@ IN_CI = os.environ.get("CI", "").lower() == "true"
 
 # What the session model is made from; changing any of these files rebuilds it.
 _ARTIFACT_SOURCES = tuple(sorted(str(p.relative_to(ROOT)) for p in (ROOT / "train").glob("*.py"))) + (
-    "edge/preprocess.py", "edge/films.py", "edge/dicom.py")
+    "edge/preprocess.py", "edge/films.py", "edge/dicom.py", "tests/offline.py")
 _CONVERT_SOURCES = tuple(str(p.relative_to(ROOT)) for p in sorted((ROOT / "convert").glob("*.py")))
 
 PHANTOM_PATIENTS = 160
@@ -106,7 +106,8 @@ def phantom_set() -> Path:
     def build(tmp: Path) -> None:
         _run_stage("train.phantoms", ["--out", str(tmp), "--patients", str(PHANTOM_PATIENTS),
                                       "--seed", str(PHANTOM_SEED), "--quiet"], tmp)
-    return _build_once("phantoms", _key(("train/phantoms.py",), f"{PHANTOM_PATIENTS}-{PHANTOM_SEED}"), build)
+    key = _key(("train/phantoms.py", "tests/offline.py"), f"{PHANTOM_PATIENTS}-{PHANTOM_SEED}")
+    return _build_once("phantoms", key, build)
 
 
 @pytest.fixture(scope="session")
