@@ -1,0 +1,85 @@
+"""``python -m convert CKPT --data DIR --out BUNDLE``: a training checkpoint -> a verified model bundle.
+
+Exit codes: 0 bundle written; 2 a problem the user can act on (one line on stderr: missing or
+damaged checkpoint, another architecture or label set, too few or unreadable films, fidelity
+below the limits, model too large, full disk, existing bundle without --force).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from convert.errors import ConvertError
+from convert.fidelity import LIMITS
+from convert.tflite import QUANTIZATIONS
+
+__all__ = ["build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m convert", description=__doc__.splitlines()[0])
+    p.add_argument("checkpoint", type=Path, help="train checkpoint (*.safetensors)")
+    p.add_argument("--data", type=Path, required=True,
+                   help="the NIH-layout data folder it was trained on (calibration: validation films, "
+                        "fidelity: test films)")
+    p.add_argument("--out", type=Path, required=True, help="bundle folder to write")
+    p.add_argument("--calibration", type=int, default=300, metavar="N", help="calibration films (default 300)")
+    p.add_argument("--heldout", type=int, default=200, metavar="N", help="held-out films for fidelity (default 200)")
+    p.add_argument("--force", action="store_true", help="replace an existing bundle (after the new one is complete)")
+    p.add_argument("--quantization", choices=sorted(QUANTIZATIONS), default="per-channel",
+                   help="weight quantisation (per-tensor: coarser, for older Edge TPU compilers)")
+    defaults = {name: limit for name, (_, limit) in LIMITS.items()}
+    p.add_argument("--max-mean-dauroc", type=float, default=defaults["mean_abs_dauroc"],
+                   help="limit: int8 vs fp32 mean per-label |dAUROC| (default %(default)s)")
+    p.add_argument("--max-dscore", type=float, default=defaults["max_abs_dscore"],
+                   help="limit: int8 vs fp32 max |dscore| (default %(default)s)")
+    p.add_argument("--max-onnx-diff", type=float, default=defaults["onnx_vs_torch"],
+                   help="limit: ONNX vs PyTorch max |dscore| (default %(default)s)")
+    p.add_argument("--max-int8-mb", type=float, default=8.5, help="int8 model size limit in MB (default 8.5)")
+    p.add_argument("--batchnorm", choices=("auto", "depthwise", "mul"), default="auto",
+                   help="BatchNorms after a concatenation as 1x1 depthwise convolutions (more precise in int8, "
+                        "~0.8 MB larger) or MUL+ADD; auto: depthwise for the chexnet head, mul for the paper head")
+    p.add_argument("--scores", choices=("features", "model"), default="features",
+                   help="where edge takes the scores from: the float head on the int8 features (default, more "
+                        "precise) or the int8 model's own score output; fidelity is checked on that choice")
+    p.add_argument("--seed", type=int, default=0, help="film selection seed")
+    p.add_argument("--verbose", action="store_true", help="show onnx2tf's own output")
+    return p
+
+
+def _options(args: argparse.Namespace):
+    from convert.pipeline import Options
+
+    for name in ("calibration", "heldout"):
+        if getattr(args, name) < 1:
+            raise ConvertError(f"--{name} must be a positive number of films, got {getattr(args, name)}")
+    limits = {"mean_abs_dauroc": args.max_mean_dauroc, "max_abs_dscore": args.max_dscore,
+              "onnx_vs_torch": args.max_onnx_diff}
+    return Options(checkpoint=args.checkpoint, data=args.data, out=args.out, calibration=args.calibration,
+                   heldout=args.heldout, force=args.force, quantization=args.quantization, limits=limits,
+                   max_int8_mb=args.max_int8_mb, batchnorm=args.batchnorm, scores=args.scores, seed=args.seed,
+                   verbose=args.verbose)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from edge.errors import EdgeError
+
+    args = build_parser().parse_args(argv)
+    try:
+        from convert.pipeline import convert
+
+        timings = convert(_options(args))
+    except (ConvertError, EdgeError) as err:
+        print(f"convert: error: {err}", file=sys.stderr)
+        return getattr(err, "exit_code", 2)
+    except KeyboardInterrupt:
+        print("convert: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    print(f"bundle written to {args.out} in {timings['total']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""The classifier head's float32 parameters in eval form, for edge's CPU Grad-CAM (``cam_head.npz``).
+
+Saved with ``np.savez`` (plain arrays, loadable with ``allow_pickle=False``). BatchNorm layers
+are folded to ``y = x * scale + shift`` with ``scale = gamma / sqrt(running_var + eps)`` and
+``shift = beta - running_mean * scale``. Linear weights keep PyTorch's ``out × in`` layout
+(``y = x @ weight.T + bias``). L = number of labels, C = 1024 feature channels.
+
+``chexnet`` (pool ``"avg"``: global average of A -> Linear)::
+
+    weight  L×C     bias  L
+
+``paper`` (pool ``"concat-max-avg"``: [max over space, mean over space] -> 2C vector, max first)::
+
+    bn1_scale 2C   bn1_shift 2C   fc1_weight H×2C   fc1_bias H   (then ReLU)
+    bn2_scale H    bn2_shift H    fc2_weight L×H    fc2_bias L
+
+Scores are sigmoid (``multilabel``) or softmax (``one_vs_all``) of the head's logits.
+bundle.json ``cam`` records ``head``, ``pool``, ``params`` (this file) and ``arrays`` (the names).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["ACTIVATION", "CAM_FILE", "HEAD_POOL", "head_arrays", "head_forward", "head_scores", "save_head"]
+
+CAM_FILE = "cam_head.npz"
+HEAD_POOL = {"chexnet": "avg", "paper": "concat-max-avg"}
+
+
+def _np(t) -> np.ndarray:
+    return t.detach().cpu().numpy().astype(np.float32)
+
+
+def _bn(bn) -> tuple[np.ndarray, np.ndarray]:
+    scale = _np(bn.weight) / np.sqrt(_np(bn.running_var) + np.float32(bn.eps))
+    return scale.astype(np.float32), (_np(bn.bias) - _np(bn.running_mean) * scale).astype(np.float32)
+
+
+def _chexnet(head) -> dict[str, np.ndarray]:
+    return {"weight": _np(head.classifier.weight), "bias": _np(head.classifier.bias)}
+
+
+def _paper(head) -> dict[str, np.ndarray]:
+    s1, b1 = _bn(head.bn1)
+    s2, b2 = _bn(head.bn2)
+    return {"bn1_scale": s1, "bn1_shift": b1, "fc1_weight": _np(head.fc1.weight), "fc1_bias": _np(head.fc1.bias),
+            "bn2_scale": s2, "bn2_shift": b2, "fc2_weight": _np(head.fc2.weight), "fc2_bias": _np(head.fc2.bias)}
+
+
+_EXTRACT = {"chexnet": _chexnet, "paper": _paper}
+
+
+def head_arrays(model) -> dict[str, np.ndarray]:
+    """The head of ``model`` (a train.model.DenseNet121) as named float32 arrays."""
+    if model.head_name not in _EXTRACT:
+        raise ValueError(f"no CAM export for head {model.head_name!r}; known: {sorted(_EXTRACT)}")
+    return _EXTRACT[model.head_name](model.head)
+
+
+def _chexnet_forward(a: dict[str, np.ndarray], f: np.ndarray) -> np.ndarray:
+    return f.mean(axis=(1, 2)) @ a["weight"].T + a["bias"]
+
+
+def _paper_forward(a: dict[str, np.ndarray], f: np.ndarray) -> np.ndarray:
+    v = np.concatenate([f.max(axis=(1, 2)), f.mean(axis=(1, 2))], axis=1)
+    h = np.maximum((v * a["bn1_scale"] + a["bn1_shift"]) @ a["fc1_weight"].T + a["fc1_bias"], 0)
+    return (h * a["bn2_scale"] + a["bn2_shift"]) @ a["fc2_weight"].T + a["fc2_bias"]
+
+
+_FORWARD = {"chexnet": _chexnet_forward, "paper": _paper_forward}
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+ACTIVATION = {"multilabel": _sigmoid, "one_vs_all": _softmax}
+
+
+def head_forward(head: str, arrays: dict[str, np.ndarray], features: np.ndarray) -> np.ndarray:
+    """Logits (N×L, float64) from NHWC features (N×H×W×C) with the saved arrays."""
+    return _FORWARD[head](arrays, features.astype(np.float64))
+
+
+def head_scores(head: str, task: str, arrays: dict[str, np.ndarray], features: np.ndarray) -> np.ndarray:
+    """Scores as edge computes them from the (dequantised) features: activation(head(features))."""
+    return ACTIVATION[task](head_forward(head, arrays, features)).astype(np.float32)
+
+
+def save_head(arrays: dict[str, np.ndarray], path: str | Path) -> None:
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)

@@ -1,0 +1,11 @@
+"""The conversion stage's one error class: a problem the user can act on, turned into exit code 2."""
+
+from __future__ import annotations
+
+__all__ = ["ConvertError"]
+
+
+class ConvertError(Exception):
+    """Conversion cannot go on. ``str(err)`` is the whole one-line message (it names the file)."""
+
+    exit_code = 2

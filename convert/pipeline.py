@@ -1,0 +1,261 @@
+"""The conversion, step by step: checkpoint -> ONNX -> TFLite fp32 + int8 -> checks -> bundle.
+
+Each step is a short function; ``convert`` runs them in order, timing each (the timings go
+into the bundle's provenance). Intermediate files live in a temporary folder that is always
+removed; only a complete, verified bundle is renamed into ``out`` (convert.bundle).
+"""
+
+from __future__ import annotations
+
+import errno
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from convert.errors import ConvertError
+from convert.fidelity import LIMITS
+
+__all__ = ["Options", "convert"]
+
+MB = 1_000_000
+SUPPORTED_ARCHS = ("densenet121",)
+# How BatchNorms that follow no convolution are exported, per head ("auto"): a 1×1 depthwise convolution is
+# more precise in int8 than MUL + ADD, but its per-channel parameters add ~0.8 MB, too much next to the
+# paper head's 2048×512 layer under the 8.5 MB limit.
+BATCHNORM = {"chexnet": "depthwise", "paper": "mul"}
+SCORES = ("features", "model")  # where edge takes the scores from (bundle.json "scoring")
+
+
+@dataclass
+class Options:
+    checkpoint: Path
+    data: Path
+    out: Path
+    calibration: int = 300
+    heldout: int = 200
+    force: bool = False
+    quantization: str = "per-channel"
+    limits: dict[str, float] = field(default_factory=lambda: {k: v for k, (_, v) in LIMITS.items()})
+    max_int8_mb: float = 8.5
+    batchnorm: str = "auto"
+    scores: str = "features"
+    seed: int = 0
+    verbose: bool = False
+    log: Callable[[str], None] = print
+
+
+@dataclass
+class _State:
+    opts: Options
+    work: Path
+    timings: dict[str, float] = field(default_factory=dict)
+    art: dict = field(default_factory=dict)  # what the steps make
+
+
+@contextmanager
+def _step(state: _State, name: str) -> Iterator[None]:
+    state.opts.log(f"-- {name}")
+    t0 = time.monotonic()
+    yield
+    state.timings[name] = round(time.monotonic() - t0, 2)
+    state.opts.log(f"   {name}: {state.timings[name]:.1f} s")
+
+
+def _load_checkpoint(state: _State) -> None:
+    from convert.export import ACTIVATIONS
+    from edge.preprocess import PREPROCESS, spec_matches
+    from train.checkpoint import CheckpointError, model_from_checkpoint
+
+    path = state.opts.checkpoint
+    try:
+        model, meta = model_from_checkpoint(path)
+    except CheckpointError as err:
+        raise ConvertError(str(err)) from None
+    if meta["arch"] not in SUPPORTED_ARCHS:
+        raise ConvertError(f"{path}: architecture {meta['arch']!r} cannot be converted (supported: {SUPPORTED_ARCHS})")
+    if meta["task"] not in ACTIVATIONS:
+        raise ConvertError(f"{path}: unknown task {meta['task']!r} (expected one of {sorted(ACTIVATIONS)})")
+    if not spec_matches(meta["preprocess"]):
+        raise ConvertError(f"{path}: trained with preprocessing {meta['preprocess']}, but edge implements "
+                           f"{PREPROCESS}; retrain at {PREPROCESS['size']} px")
+    if set(meta["thresholds"]) != set(meta["labels"]):
+        raise ConvertError(f"{path}: the thresholds do not name the checkpoint's labels")
+    state.art.update(model=model, meta=meta)
+
+
+def _films(state: _State) -> None:
+    from convert.calibrate import split_films
+
+    o = state.opts
+    cal, held = split_films(o.data, state.art["meta"], o.calibration, o.heldout, o.seed)
+    if len(cal.names) < o.calibration:
+        o.log(f"   note: the validation split has only {len(cal.names)} films; calibrating on all of them")
+    o.log(f"   calibration: {len(cal.names)} validation films; held out: {len(held.names)} test films")
+    state.art.update(cal=cal, held=held)
+
+
+def _export(state: _State) -> None:
+    from convert.export import export_onnx
+
+    model, meta = state.art["model"], state.art["meta"]
+    bn = BATCHNORM[meta["head"]] if state.opts.batchnorm == "auto" else state.opts.batchnorm
+    state.art["batchnorm"], task, dw = bn, meta["task"], bn == "depthwise"
+    state.art["onnx"] = export_onnx(model, task, state.work / "model.onnx", "uint8", depthwise_bn=dw)
+    state.art["onnx_float"] = export_onnx(model, task, state.work / "model_float_input.onnx", "float32",
+                                          depthwise_bn=dw)
+    state.art["shapes"] = _onnx_output_shapes(state.art["onnx"])
+
+
+def _onnx_output_shapes(path: Path) -> dict[str, list[int]]:
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return {out.name: [d.dim_value for d in out.type.tensor_type.shape.dim] for out in graph.output}
+
+
+def _tflite(state: _State) -> None:
+    from convert import tflite
+
+    cal = state.art["cal"].images
+    keras_model = tflite.keras_from_onnx(state.art["onnx_float"], state.work, cal, verbose=state.opts.verbose)
+    state.art["fp32"] = _write(state.work / "model_fp32.tflite", tflite.to_fp32_tflite(keras_model))
+    state.art["int8"] = _write(state.work / "model_int8.tflite",
+                               tflite.to_int8_tflite(keras_model, cal, state.opts.quantization))
+    _check_io(state, state.art["fp32"])
+    _check_io(state, state.art["int8"])
+    size = state.art["int8"].stat().st_size
+    if size > state.opts.max_int8_mb * MB:
+        hint = " (try --batchnorm mul)" if state.art["batchnorm"] == "depthwise" else ""
+        raise ConvertError(f"the int8 model is {size / MB:.2f} MB, over the {state.opts.max_int8_mb} MB limit "
+                           f"(the Edge TPU caches about 8 MB of parameters on chip){hint}")
+
+
+def _check_io(state: _State, path: Path) -> None:
+    """The converted model must keep batch 1 and the network's output shapes (catches layout errors)."""
+    from convert.bundle import tflite_io
+
+    io, want = tflite_io(path), state.art["shapes"]
+    got = {role: io[role]["shape"] for role in want}
+    if got != want:
+        raise ConvertError(f"{path.name}: the converted model's outputs are {got}, the network's {want}; "
+                           f"the ONNX -> TensorFlow conversion laid them out wrongly")
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def _fidelity(state: _State) -> None:
+    from convert import fidelity
+    from convert.camhead import head_arrays, head_scores
+    from convert.export import onnx_run, torch_run
+    from convert.tflite import tflite_run
+
+    a, held, meta = state.art, state.art["held"], state.art["meta"]
+    outs = {"torch": torch_run(a["model"], meta["task"], held.images), "onnx": onnx_run(a["onnx"], held.images),
+            "fp32": tflite_run(a["fp32"], held.images), "int8": tflite_run(a["int8"], held.images)}
+    model_scores, feats = outs["int8"]
+    if state.opts.scores == "features":  # what edge reports: the float head on the int8 features
+        outs["int8"] = (head_scores(meta["head"], meta["task"], head_arrays(a["model"]), feats), feats)
+    rep = fidelity.report(outs["torch"], outs["onnx"], outs["fp32"], outs["int8"], held.targets,
+                          [meta["thresholds"][label] for label in meta["labels"]], meta["labels"], held.names,
+                          int8_model_scores=model_scores if state.opts.scores == "features" else None)
+    rep["scores_from"] = state.opts.scores
+    rep["limits"] = dict(state.opts.limits)
+    a["fidelity"] = rep
+    state.opts.log(_fidelity_lines(rep))
+    failures = fidelity.check(rep, state.opts.limits)
+    if failures:
+        raise ConvertError("fidelity below the limits, no bundle written: " + "; ".join(failures))
+
+
+def _fidelity_lines(rep: dict) -> str:
+    q, o, f = rep["int8_vs_fp32"], rep["onnx_vs_torch"], rep["fp32_vs_onnx"]
+    m = rep.get("int8_model_scores_vs_fp32")
+    raw = "" if m is None else (f"\n   (the int8 model's own score output: mean |dAUROC| "
+                                f"{m['mean_abs_dauroc'] or 0:.4f}, max |dscore| {m['max_abs_dscore']:.4f}; "
+                                f"edge scores from the features)")
+    mean_d = "n/a" if q["mean_abs_dauroc"] is None else f"{q['mean_abs_dauroc']:.4f}"
+    max_d = "n/a" if q["max_abs_dauroc"] is None else f"{q['max_abs_dauroc']:.4f}"
+    return (f"   int8 vs fp32 on {q['films']} held-out films: mean |dAUROC| {mean_d} (max {max_d}, "
+            f"{q['labels_with_both_classes']} labels), max |dscore| {q['max_abs_dscore']:.4f} "
+            f"(mean {q['mean_abs_dscore']:.4f}), decisions agree {100 * q['decision_agreement']:.1f}%\n"
+            f"   ONNX vs PyTorch: max |dscore| {o['max_abs_dscore']:.2e}, max |dfeature| {o['max_abs_dfeature']:.2e}; "
+            f"fp32 TFLite vs ONNX: max |dscore| {f['max_abs_dscore']:.2e}{raw}")
+
+
+def _edgetpu(state: _State) -> None:
+    import json
+
+    from convert import edgetpu
+
+    report = edgetpu.op_report(state.art["int8"])
+    state.art["edgetpu_report"] = _write(state.work / "edgetpu_report.json",
+                                         (json.dumps(report, indent=1) + "\n").encode())
+    summary = {k: v for k, v in report.items() if k != "table"}
+    result = edgetpu.compile_model(state.art["int8"], state.work / "edgetpu")
+    if result is None:
+        state.opts.log(f"   {edgetpu.COMPILER} is not on PATH: no Edge TPU model; offline compatibility report only")
+        note = f"{edgetpu.COMPILER} not on PATH (it runs on x86-64 Linux only); offline report from the int8 model"
+        state.art["edgetpu"] = {"compiled": False, "note": note, "report": "edgetpu_report.json", **summary}
+    else:
+        state.art["edgetpu_model"] = result.pop("model")
+        state.art["edgetpu_log"] = _write(state.work / "edgetpu_compiler.log", result.pop("log").encode())
+        result.pop("compiler_log", None)
+        state.art["edgetpu"] = {"compiled": True, "log": "edgetpu_compiler.log", "report": "edgetpu_report.json",
+                                **result, **summary}
+    fb = summary["first_cpu_fallback"]
+    where = "" if fb is None else f"; first CPU fallback at op {fb['index']} {fb['op']}: {fb['problems'][0]}"
+    state.opts.log(f"   Edge TPU ops supported: {summary['supported_ops']}/{summary['ops']}{where}")
+
+
+def _bundle(state: _State) -> None:
+    from convert.bundle import MODEL_FILES, build_spec, tflite_io, write_bundle
+    from convert.camhead import CAM_FILE, HEAD_POOL, head_arrays, save_head
+    from convert.export import ACTIVATIONS
+    from convert.provenance import provenance
+
+    a, meta = state.art, state.art["meta"]
+    arrays = head_arrays(a["model"])
+    save_head(arrays, state.work / CAM_FILE)
+    io = {MODEL_FILES["int8"]: tflite_io(a["int8"]), MODEL_FILES["fp32"]: tflite_io(a["fp32"])}
+    files = {MODEL_FILES["int8"]: a["int8"], MODEL_FILES["fp32"]: a["fp32"], CAM_FILE: state.work / CAM_FILE,
+             "edgetpu_report.json": a["edgetpu_report"]}
+    if "edgetpu_model" in a:
+        io[MODEL_FILES["edgetpu"]] = io[MODEL_FILES["int8"]]  # the compiler keeps the input/output tensors
+        files.update({MODEL_FILES["edgetpu"]: a["edgetpu_model"], "edgetpu_compiler.log": a["edgetpu_log"]})
+    cam = {"head": meta["head"], "pool": HEAD_POOL[meta["head"]], "params": CAM_FILE,
+           "feature_shape": io[MODEL_FILES["int8"]]["features"]["shape"][1:], "arrays": sorted(arrays)}
+    scoring = {"from": state.opts.scores, "activation": ACTIVATIONS[meta["task"]], "params": CAM_FILE}
+    prov = provenance(state.opts, meta, a["cal"], state.timings, a["batchnorm"])
+    spec = build_spec(meta, io, cam, {"scoring": scoring, "provenance": prov, "fidelity": a["fidelity"],
+                                      "edgetpu": a["edgetpu"]})
+    write_bundle(state.opts.out, files, spec, force=state.opts.force)
+
+
+STEPS = (("checkpoint", _load_checkpoint), ("films", _films), ("onnx export", _export),
+         ("tflite fp32 + int8", _tflite), ("fidelity", _fidelity), ("edge tpu", _edgetpu), ("bundle", _bundle))
+
+
+def convert(opts: Options) -> dict:
+    """Run every step; returns the timings. Raises ConvertError (nothing left at ``out``) on failure."""
+    if opts.out.exists() and not opts.force:
+        raise ConvertError(f"{opts.out}: already exists; pass --force to replace it")
+    t0 = time.monotonic()
+    try:
+        with tempfile.TemporaryDirectory(prefix="xray-convert-") as tmp:
+            state = _State(opts, Path(tmp))
+            for name, step in STEPS:
+                with _step(state, name):
+                    step(state)
+    except OSError as err:
+        if err.errno == errno.ENOSPC:
+            raise ConvertError(f"disk full during conversion ({err.filename or tempfile.gettempdir()}); "
+                               f"nothing was written to {opts.out}") from None
+        raise
+    state.timings["total"] = round(time.monotonic() - t0, 2)
+    return state.timings

@@ -1,0 +1,79 @@
+"""The real DenseNet-121, trained briefly on phantoms, converted end to end offline (session ``bundle_dir``).
+
+tests/conftest.py builds the bundle with ``python -m convert CKPT --data PHANTOMS --out ... --calibration 48``
+under tests/offline.py, which refuses and logs every network attempt.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from convert.bundle import MODEL_FILES
+from convert.fidelity import LIMITS
+from edge.bundle import load_bundle
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def bundle(bundle_dir):
+    return load_bundle(bundle_dir)
+
+
+def test_int8_model_loads_with_litert_and_takes_raw_pixels(bundle):
+    from ai_edge_litert.interpreter import Interpreter
+
+    path = bundle.model_path("int8")
+    assert path.stat().st_size <= 8.5e6
+    interp = Interpreter(model_path=str(path))
+    interp.allocate_tensors()
+    (inp,) = interp.get_input_details()
+    assert inp["dtype"] == np.uint8 and list(inp["shape"]) == [1, 224, 224, 3]
+    scale, zero_point = inp["quantization"]
+    assert scale == pytest.approx(1.0) and zero_point == 0
+    assert bundle.spec["input"]["quantization"] == {"scale": 1.0, "zero_point": 0}
+    names = {d["name"] for d in interp.get_output_details()}
+    assert set(bundle.output_names("int8").values()) == names
+
+
+def test_fidelity_within_the_limits(bundle):
+    fid = bundle.spec["fidelity"]
+    q = fid["int8_vs_fp32"]
+    assert q["films"] >= 8 and q["labels_with_both_classes"] >= 1
+    assert q["mean_abs_dauroc"] <= LIMITS["mean_abs_dauroc"][1]
+    assert q["max_abs_dscore"] <= LIMITS["max_abs_dscore"][1]
+    assert fid["onnx_vs_torch"]["max_abs_dscore"] <= LIMITS["onnx_vs_torch"][1]
+    assert fid["fp32_vs_onnx"]["max_abs_dscore"] <= 1e-3
+    held = set(fid["heldout"]["names"])
+    assert held and not held & set(bundle.spec["provenance"]["data"]["calibration"]["names"])
+
+
+def test_compatibility_report_lists_every_op(bundle):
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    interp = Interpreter(model_path=str(bundle.model_path("int8")),
+                         experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    ops = [op["op_name"] for op in interp._get_ops_details()]
+    report = json.loads((bundle.path / bundle.spec["edgetpu"]["report"]).read_text())
+    assert [row["op"] for row in report["table"]] == ops
+    assert bundle.spec["edgetpu"]["ops"] == len(ops)
+    assert "PADV2" not in ops and "CAST" not in ops and "DEQUANTIZE" not in ops
+
+
+def test_cam_head_and_provenance(bundle):
+    cam = bundle.spec["cam"]
+    with np.load(bundle.path / cam["params"], allow_pickle=False) as arrays:
+        assert sorted(arrays.files) == cam["arrays"]
+        assert all(arrays[name].dtype == np.float32 for name in arrays.files)
+    prov = bundle.spec["provenance"]
+    assert prov["data"]["kind"] == "phantom" and bundle.is_demo
+    assert len(prov["checkpoint_sha256"]) == 64 and prov["versions"]["onnx2tf"]
+    assert set(bundle.spec["models"]) == set(MODEL_FILES)
+
+
+def test_conversion_opened_no_socket(bundle_dir):
+    log = bundle_dir.parent / "network.log"
+    assert log.is_file() and log.read_text() == ""
