@@ -45,7 +45,7 @@ bench: install
 	$(PY) -m edge.bench --bundle $(DEMO)/bundle --json $(DEMO)/bench-edge.json
 
 bench-train: install
-	$(PY) -m train.bench
+	OMP_WAIT_POLICY=PASSIVE $(PY) -m train.bench
 
 fuzz: install
 	FUZZ_ITERATIONS=20000 $(PY) -m pytest tests/edge/test_fuzz.py -q
