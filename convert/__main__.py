@@ -37,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="limit: int8 vs fp32 max |dscore| (default %(default)s)")
     p.add_argument("--max-onnx-diff", type=float, default=defaults["onnx_vs_torch"],
                    help="limit: ONNX vs PyTorch max |dscore| (default %(default)s)")
+    p.add_argument("--auroc-min-films", type=int, default=1, metavar="N",
+                   help="AUROC differences over labels with at least N held-out films of each class (default 1: "
+                        "both classes present)")
     p.add_argument("--max-int8-mb", type=float, default=8.5, help="int8 model size limit in MB (default 8.5)")
     p.add_argument("--batchnorm", choices=("auto", "depthwise", "mul"), default="auto",
                    help="BatchNorms after a concatenation as 1x1 depthwise convolutions (more precise in int8, "
@@ -44,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scores", choices=("features", "model"), default="features",
                    help="where edge takes the scores from: the float head on the int8 features (default, more "
                         "precise) or the int8 model's own score output; fidelity is checked on that choice")
+    p.add_argument("--no-bias-correction", dest="bias_correction", action="store_false",
+                   help="do not fold the int8 features' mean offset (measured on the calibration films) into the head")
     p.add_argument("--seed", type=int, default=0, help="film selection seed")
     p.add_argument("--verbose", action="store_true", help="show onnx2tf's own output")
     return p
@@ -52,14 +57,17 @@ def build_parser() -> argparse.ArgumentParser:
 def _options(args: argparse.Namespace):
     from convert.pipeline import Options
 
-    for name in ("calibration", "heldout"):
+    for name in ("calibration", "heldout", "auroc_min_films"):
         if getattr(args, name) < 1:
-            raise ConvertError(f"--{name} must be a positive number of films, got {getattr(args, name)}")
+            flag = "--" + name.replace("_", "-")
+            raise ConvertError(f"{flag} must be a positive number of films, got {getattr(args, name)}")
     limits = {"mean_abs_dauroc": args.max_mean_dauroc, "max_abs_dscore": args.max_dscore,
               "onnx_vs_torch": args.max_onnx_diff}
     return Options(checkpoint=args.checkpoint, data=args.data, out=args.out, calibration=args.calibration,
                    heldout=args.heldout, force=args.force, quantization=args.quantization, limits=limits,
-                   max_int8_mb=args.max_int8_mb, batchnorm=args.batchnorm, scores=args.scores, seed=args.seed,
+                   max_int8_mb=args.max_int8_mb, batchnorm=args.batchnorm, scores=args.scores,
+                   bias_correction=args.bias_correction,
+                   auroc_min_films=args.auroc_min_films, seed=args.seed,
                    verbose=args.verbose)
 
 

@@ -76,11 +76,14 @@ def bench_checkpoint(path: Path, image: np.ndarray, threads: list[int], runs: in
             feed = {INPUT_NAME: image[None]}
             rows.append({"runtime": "onnxruntime fp32", "threads": t,
                          "median_ms": median_ms(lambda s=session, f=feed: s.run(None, f), runs, warmup)})
+    try:
+        for t in threads:
             torch.set_num_threads(t)
             with torch.inference_mode():
                 rows.append({"runtime": "PyTorch eager fp32", "threads": t,
                              "median_ms": median_ms(lambda: wrapper(x), runs, warmup)})
-    torch.set_num_threads(before)
+    finally:
+        torch.set_num_threads(before)
     return rows
 
 

@@ -2,8 +2,10 @@
 
 Computed on held-out films never used for calibration (convert.calibrate):
 
-* ``int8_vs_fp32``: int8 TFLite against fp32 TFLite: per-label AUROC of each (labels with both
-  classes present), mean and max |ΔAUROC|, max and mean |Δscore|, agreement of the
+* ``int8_vs_fp32``: int8 TFLite against fp32 TFLite: per-label AUROC of each, mean and max
+  |ΔAUROC| over the labels with both classes present (``min_films`` 1, the default) or with at
+  least ``min_films`` films of each class (an AUROC on 3 positives moves by 1/(3·negatives) per
+  swapped pair, so one label can dominate the mean), max and mean |Δscore|, agreement of the
   above-threshold labels (checkpoint thresholds; fraction of film×label decisions that agree,
   and of films whose whole positive-label set agrees), max |Δfeature|.
 * ``onnx_vs_torch`` and ``fp32_vs_onnx``: max and mean |Δ| of scores and features.
@@ -62,20 +64,29 @@ def compare_float(scores_a, scores_b, feats_a=None, feats_b=None) -> dict:
     return out
 
 
-def compare_quantised(q_scores, f_scores, targets, thresholds, labels, q_feats=None, f_feats=None) -> dict:
-    """The int8-vs-fp32 block: AUROC differences, score differences, decision agreement."""
+def compare_quantised(q_scores, f_scores, targets, thresholds, labels, q_feats=None, f_feats=None,
+                      min_films: int = 1) -> dict:
+    """The int8-vs-fp32 block: AUROC differences, score differences, decision agreement.
+    The AUROC summary uses the labels with at least ``min_films`` positive and negative films
+    (1: both classes present); ``all_labels_mean_abs_dauroc`` is over every label with both."""
     q_scores, f_scores, targets = (np.asarray(x, np.float64) for x in (q_scores, f_scores, targets))
-    per_label, deltas = {}, []
+    per_label, deltas, every = {}, [], []
     for j, label in enumerate(labels):
         a_q, a_f = auroc(targets[:, j], q_scores[:, j]), auroc(targets[:, j], f_scores[:, j])
-        per_label[label] = {"auroc_int8": a_q, "auroc_fp32": a_f, "dauroc": None if a_q is None else a_q - a_f}
+        positives = int((targets[:, j] > 0.5).sum())
+        per_label[label] = {"auroc_int8": a_q, "auroc_fp32": a_f, "dauroc": None if a_q is None else a_q - a_f,
+                            "positives": positives, "negatives": len(targets) - positives}
         if a_q is not None:
-            deltas.append(abs(a_q - a_f))
+            every.append(abs(a_q - a_f))
+            if min(positives, len(targets) - positives) >= min_films:
+                deltas.append(abs(a_q - a_f))
     th = np.asarray(thresholds, np.float64)[None, :]
     agree = (q_scores >= th) == (f_scores >= th)
-    out = {"films": len(q_scores), "labels_with_both_classes": len(deltas),
+    out = {"films": len(q_scores), "auroc_min_films": min_films, "auroc_labels": len(deltas),
            "mean_abs_dauroc": float(np.mean(deltas)) if deltas else None,
            "max_abs_dauroc": float(np.max(deltas)) if deltas else None,
+           "all_labels_mean_abs_dauroc": float(np.mean(every)) if every else None,
+           "all_labels_max_abs_dauroc": float(np.max(every)) if every else None,
            **compare_float(q_scores, f_scores, q_feats, f_feats),
            "decision_agreement": float(agree.mean()) if agree.size else 1.0,
            "film_agreement": float(agree.all(axis=1).mean()) if agree.size else 1.0,
@@ -84,17 +95,17 @@ def compare_quantised(q_scores, f_scores, targets, thresholds, labels, q_feats=N
 
 
 def report(torch_out, onnx_out, fp32_out, int8_out, targets, thresholds, labels, heldout_names,
-           int8_model_scores=None) -> dict:
+           int8_model_scores=None, min_films: int = 1) -> dict:
     """The whole report; each ``*_out`` is (scores N×L, features N×H×W×C) on the same films.
     ``int8_out[0]`` are the int8 scores edge reports; ``int8_model_scores`` the model's own, if different."""
     rep = {"heldout": {"films": len(targets), "split": "test", "names": list(heldout_names)},
            "int8_vs_fp32": compare_quantised(int8_out[0], fp32_out[0], targets, thresholds, labels,
-                                             int8_out[1], fp32_out[1]),
+                                             int8_out[1], fp32_out[1], min_films),
            "onnx_vs_torch": compare_float(onnx_out[0], torch_out[0], onnx_out[1], torch_out[1]),
            "fp32_vs_onnx": compare_float(fp32_out[0], onnx_out[0], fp32_out[1], onnx_out[1])}
     if int8_model_scores is not None:
         rep["int8_model_scores_vs_fp32"] = compare_quantised(int8_model_scores, fp32_out[0], targets, thresholds,
-                                                             labels)
+                                                             labels, min_films=min_films)
     return rep
 
 
@@ -106,7 +117,7 @@ def check(rep: dict, limits: dict[str, float]) -> list[str]:
         (block, key), _ = LIMITS[name]
         value = rep[block][key]
         if value is None:
-            failures.append(f"{block}.{key} cannot be computed (no held-out label has both classes)")
+            failures.append(f"{block}.{key} cannot be computed (no held-out label has enough films of both classes)")
         elif not value <= limit:
             failures.append(f"{block}.{key} = {value:.6g} exceeds the limit {limit:g}")
     return failures

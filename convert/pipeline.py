@@ -15,6 +15,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from convert.errors import ConvertError
 from convert.fidelity import LIMITS
 
@@ -42,6 +44,8 @@ class Options:
     max_int8_mb: float = 8.5
     batchnorm: str = "auto"
     scores: str = "features"
+    bias_correction: bool = True
+    auroc_min_films: int = 1
     seed: int = 0
     verbose: bool = False
     log: Callable[[str], None] = print
@@ -149,9 +153,27 @@ def _write(path: Path, data: bytes) -> Path:
     return path
 
 
+def _head(state: _State) -> None:
+    """The float head for edge's scores and CAM, bias-corrected for the int8 features (convert.camhead)."""
+    from convert.camhead import bias_correct, head_arrays, pooled
+    from convert.tflite import tflite_run
+
+    a, head = state.art, state.art["meta"]["head"]
+    a["head"], a["bias_correction"] = head_arrays(a["model"]), None
+    if not state.opts.bias_correction:
+        return
+    cal = a["cal"].images
+    offset = (pooled(head, tflite_run(a["int8"], cal)[1]) - pooled(head, tflite_run(a["fp32"], cal)[1])).mean(axis=0)
+    a["head"] = bias_correct(head, a["head"], offset)
+    a["bias_correction"] = {"films": len(cal), "split": "validation (the calibration films)",
+                            "max_abs_offset": float(np.abs(offset).max()), "mean_offset": float(offset.mean())}
+    state.opts.log(f"   pooled int8 feature offset: mean {offset.mean():+.4f}, max |{np.abs(offset).max():.4f}| "
+                   f"(folded into the head)")
+
+
 def _fidelity(state: _State) -> None:
     from convert import fidelity
-    from convert.camhead import head_arrays, head_scores
+    from convert.camhead import head_scores
     from convert.export import onnx_run, torch_run
     from convert.tflite import tflite_run
 
@@ -160,10 +182,11 @@ def _fidelity(state: _State) -> None:
             "fp32": tflite_run(a["fp32"], held.images), "int8": tflite_run(a["int8"], held.images)}
     model_scores, feats = outs["int8"]
     if state.opts.scores == "features":  # what edge reports: the float head on the int8 features
-        outs["int8"] = (head_scores(meta["head"], meta["task"], head_arrays(a["model"]), feats), feats)
+        outs["int8"] = (head_scores(meta["head"], meta["task"], a["head"], feats), feats)
     rep = fidelity.report(outs["torch"], outs["onnx"], outs["fp32"], outs["int8"], held.targets,
                           [meta["thresholds"][label] for label in meta["labels"]], meta["labels"], held.names,
-                          int8_model_scores=model_scores if state.opts.scores == "features" else None)
+                          int8_model_scores=model_scores if state.opts.scores == "features" else None,
+                          min_films=state.opts.auroc_min_films)
     rep["scores_from"] = state.opts.scores
     rep["limits"] = dict(state.opts.limits)
     a["fidelity"] = rep
@@ -181,9 +204,12 @@ def _fidelity_lines(rep: dict) -> str:
                                 f"edge scores from the features)")
     mean_d = "n/a" if q["mean_abs_dauroc"] is None else f"{q['mean_abs_dauroc']:.4f}"
     max_d = "n/a" if q["max_abs_dauroc"] is None else f"{q['max_abs_dauroc']:.4f}"
+    every = "" if q["auroc_min_films"] <= 1 or q["all_labels_mean_abs_dauroc"] is None else (
+        f"; every label with both classes: {q['all_labels_mean_abs_dauroc']:.4f}")
     return (f"   int8 vs fp32 on {q['films']} held-out films: mean |dAUROC| {mean_d} (max {max_d}, "
-            f"{q['labels_with_both_classes']} labels), max |dscore| {q['max_abs_dscore']:.4f} "
-            f"(mean {q['mean_abs_dscore']:.4f}), decisions agree {100 * q['decision_agreement']:.1f}%\n"
+            f"{q['auroc_labels']} labels with >= {q['auroc_min_films']} films of each class{every}), "
+            f"max |dscore| {q['max_abs_dscore']:.4f} (mean {q['mean_abs_dscore']:.4f}), "
+            f"decisions agree {100 * q['decision_agreement']:.1f}%\n"
             f"   ONNX vs PyTorch: max |dscore| {o['max_abs_dscore']:.2e}, max |dfeature| {o['max_abs_dfeature']:.2e}; "
             f"fp32 TFLite vs ONNX: max |dscore| {f['max_abs_dscore']:.2e}{raw}")
 
@@ -215,12 +241,12 @@ def _edgetpu(state: _State) -> None:
 
 def _bundle(state: _State) -> None:
     from convert.bundle import MODEL_FILES, build_spec, tflite_io, write_bundle
-    from convert.camhead import CAM_FILE, HEAD_POOL, head_arrays, save_head
+    from convert.camhead import CAM_FILE, HEAD_POOL, save_head
     from convert.export import ACTIVATIONS
     from convert.provenance import provenance
 
     a, meta = state.art, state.art["meta"]
-    arrays = head_arrays(a["model"])
+    arrays = a["head"]
     save_head(arrays, state.work / CAM_FILE)
     io = {MODEL_FILES["int8"]: tflite_io(a["int8"]), MODEL_FILES["fp32"]: tflite_io(a["fp32"])}
     files = {MODEL_FILES["int8"]: a["int8"], MODEL_FILES["fp32"]: a["fp32"], CAM_FILE: state.work / CAM_FILE,
@@ -230,7 +256,8 @@ def _bundle(state: _State) -> None:
         files.update({MODEL_FILES["edgetpu"]: a["edgetpu_model"], "edgetpu_compiler.log": a["edgetpu_log"]})
     cam = {"head": meta["head"], "pool": HEAD_POOL[meta["head"]], "params": CAM_FILE,
            "feature_shape": io[MODEL_FILES["int8"]]["features"]["shape"][1:], "arrays": sorted(arrays)}
-    scoring = {"from": state.opts.scores, "activation": ACTIVATIONS[meta["task"]], "params": CAM_FILE}
+    scoring = {"from": state.opts.scores, "activation": ACTIVATIONS[meta["task"]], "params": CAM_FILE,
+               "bias_correction": a["bias_correction"]}
     prov = provenance(state.opts, meta, a["cal"], state.timings, a["batchnorm"])
     spec = build_spec(meta, io, cam, {"scoring": scoring, "provenance": prov, "fidelity": a["fidelity"],
                                       "edgetpu": a["edgetpu"]})
@@ -238,7 +265,8 @@ def _bundle(state: _State) -> None:
 
 
 STEPS = (("checkpoint", _load_checkpoint), ("films", _films), ("onnx export", _export),
-         ("tflite fp32 + int8", _tflite), ("fidelity", _fidelity), ("edge tpu", _edgetpu), ("bundle", _bundle))
+         ("tflite fp32 + int8", _tflite), ("head", _head), ("fidelity", _fidelity),
+         ("edge tpu", _edgetpu), ("bundle", _bundle))
 
 
 def convert(opts: Options) -> dict:

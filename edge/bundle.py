@@ -7,6 +7,8 @@ A bundle is a folder::
     model_fp32.tflite           optional: the float model, for checks and fallbacks
     model_int8_edgetpu.tflite   optional: compiled for the Coral Edge TPU
     cam_head.npz                float32 head parameters for the CPU Grad-CAM (no pickle)
+    edgetpu_report.json         op-by-op Edge TPU compatibility of the int8 model (convert.edgetpu)
+    edgetpu_compiler.log        optional: the compiler's output, when it ran
 
 ``bundle.json`` keys (``FORMAT_VERSION`` 1)::
 
@@ -19,10 +21,21 @@ A bundle is a folder::
     preprocess        edge.preprocess.PREPROCESS as the model was trained with
     outputs           {"scores": tensor name, "features": tensor name} per model file:
                       {"model_int8.tflite": {"scores": ..., "features": ...}, ...}
+    tensors           per model file, {"input"|"scores"|"features": {"name", "shape", "dtype",
+                      "quantization": {"scale", "zero_point"} or null}}; int8 model outputs are int8
+    scoring           {"from": "features" | "model", "activation": "sigmoid" | "softmax",
+                      "params": "cam_head.npz"}: "features" means the reported scores are
+                      activation(head(dequantised features)) with the float head of cam_head.npz
+                      (more precise than the int8 score output, which is kept for reference);
+                      "model" means the model's own score output. Absent: "model".
+                      "bias_correction": how convert folded the int8 features' mean offset into
+                      the head (films, offsets) or null; the uncorrected arrays are kept in
+                      cam_head.npz as exact_<name> (the head for the fp32 model's features)
     thresholds        {label: operating threshold chosen on validation data}
     models            {"int8": file, "fp32": file or null, "edgetpu": file or null}
-    cam               {"head": "chexnet" | "paper", "params": "cam_head.npz",
-                       "feature_shape": [7, 7, 1024]}
+    cam               {"head": "chexnet" | "paper", "pool": "avg" | "concat-max-avg",
+                       "params": "cam_head.npz", "feature_shape": [7, 7, 1024],
+                       "arrays": names in cam_head.npz (convert/camhead.py documents them)}
     files             {file name: sha256 hex} for every other file in the bundle
     provenance        {"checkpoint_sha256", "training_config", "training_metrics",
                        "data": {"kind": "phantom" | "nih" | ..., ...}, "versions", "created"}
@@ -48,6 +61,7 @@ FORMAT = "xray-edge-bundle"
 FORMAT_VERSION = 1
 BUNDLE_JSON = "bundle.json"
 TASKS = ("multilabel", "one_vs_all")
+SCORES_FROM = ("features", "model")
 _REQUIRED = ("format", "format_version", "task", "labels", "input", "preprocess", "outputs",
              "thresholds", "models", "cam", "files", "provenance")
 
@@ -84,6 +98,11 @@ class Bundle:
     def is_demo(self) -> bool:
         """True for a model trained on phantom films: for demonstration, never diagnosis."""
         return self.spec["provenance"].get("data", {}).get("kind") == "phantom"
+
+    @property
+    def scores_from(self) -> str:
+        """"features": compute scores with the float head from the features; "model": the score output."""
+        return self.spec.get("scoring", {}).get("from", "model")
 
     def model_path(self, kind: str) -> Path | None:
         name = self.spec["models"].get(kind)
@@ -127,6 +146,8 @@ def _check_consistent(path: Path, spec: dict) -> None:
                           f"this edge implements {PREPROCESS}")
     if not spec["models"].get("int8"):
         raise BundleError(f"{where}: no int8 model listed")
+    if spec.get("scoring", {}).get("from", "model") not in SCORES_FROM:
+        raise BundleError(f"{where}: unknown scoring source {spec['scoring'].get('from')!r}")
 
 
 def _verify_files(path: Path, spec: dict) -> None:

@@ -23,6 +23,7 @@ has a forward and a backward in ``OPS``. Array names in ``cam_head.npz`` (conver
 them) are ``<prefix>_<param>``, or ``<param>`` without a prefix: ``weight`` (L, C) and ``bias``
 for the CheXNet head; ``bn1_scale``/``bn1_shift`` (2C), ``fc1_weight`` (Hd, 2C)/``fc1_bias``,
 ``bn2_scale``/``bn2_shift`` (Hd), ``fc2_weight`` (L, Hd)/``fc2_bias`` for the paper (fastai) head.
+An array convert bias-corrected for the int8 features also comes uncorrected as ``exact_<name>``.
 """
 
 from __future__ import annotations
@@ -262,8 +263,15 @@ def cam_peak(cam: np.ndarray, film_shape: tuple[int, int], method: str = "centro
 
 # ---------------------------------------------------------------- I/O: the head from the bundle
 
-def load_head(bundle: Bundle) -> Head:
-    """The CAM head described by bundle.json ``cam`` and its parameter file (checksummed by load_bundle)."""
+EXACT_PREFIX = "exact_"
+
+
+def load_head(bundle: Bundle, exact: bool = False) -> Head:
+    """The CAM head described by bundle.json ``cam`` and its parameter file (checksummed by load_bundle).
+
+    convert folds the int8 features' mean offset into the head (convert.camhead, bias correction)
+    and keeps each changed array's uncorrected value as ``exact_<name>``: ``exact=True`` gives
+    the uncorrected head, the one for the fp32 model's features."""
     cam = bundle.spec["cam"]
     path = bundle.path / cam["params"]
     if cam["params"] not in bundle.spec["files"]:
@@ -274,6 +282,8 @@ def load_head(bundle: Bundle) -> Head:
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
+        if exact:
+            arrays.update({k[len(EXACT_PREFIX):]: v for k, v in arrays.items() if k.startswith(EXACT_PREFIX)})
         head = make_head(cam["head"], arrays, bundle.task)
     except (OSError, ValueError) as err:
         raise BundleError(f"{path}: cannot read the CAM head ({err})") from None

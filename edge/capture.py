@@ -290,7 +290,8 @@ def _run(args: argparse.Namespace) -> int:
             _say(f"*** {DEMO_DISCLAIMER} ***")
         out = Path(args.out)
         with OutLock(out), Store(out / DB_NAME) as store:
-            ctx = ScanContext(model=model, explainer=CamExplainer(model.bundle), store=store, out_dir=out)
+            explainer = CamExplainer(model.bundle, getattr(model, "head", None))
+            ctx = ScanContext(model=model, explainer=explainer, store=store, out_dir=out)
             timed = args.timer is not None
             with StopOnSignal() if timed else nullcontext() as stop:  # key mode: Ctrl-C ends input() at once
                 kept, failed = run_session(camera, ctx, timer=args.timer, count=args.count,

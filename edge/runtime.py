@@ -13,6 +13,13 @@ interpreter first, quantisation made explicit, pure numpy apart from the interpr
 - Quantised tensors: inputs are quantised from pixel values (raw pixels fed as they are when the
   input is uint8 with scale 1, zero point 0); outputs are dequantised with
   ``(q.astype(np.int64) - zero_point) * scale``.
+- Scores: when bundle.json ``scoring.from`` is "features" (what convert writes), the reported
+  scores are the activation (sigmoid, or softmax for one-vs-all) of the float head of
+  ``cam_head.npz`` on the dequantised feature map: the int8 score output is quantised to 1/256
+  steps, the float head on the int8 features is several times closer to the fp32 model. The
+  int8 model's own score output stays in ``Prediction.model_scores``. The fp32 model runs the
+  uncorrected head (``edge.cam.load_head(exact=True)``). "model" (or no ``scoring``): the
+  model's score output.
 """
 
 from __future__ import annotations
@@ -30,10 +37,11 @@ from typing import Any
 import numpy as np
 
 from edge.bundle import Bundle, load_bundle
+from edge.cam import Head, head_logits, load_head
 from edge.errors import BundleError, EdgeError, RuntimeMissingError
 
 __all__ = ["DEVICES", "KINDS", "Model", "Prediction", "dequantize", "input_tensor", "open_model", "output_tensor",
-           "quantize", "set_input"]
+           "quantize", "scores_from_logits", "set_input"]
 
 DEVICES = ("auto", "cpu", "edgetpu")
 KINDS = ("int8", "fp32")
@@ -49,11 +57,14 @@ _INSTALL_EDGETPU = ("install the Edge TPU runtime from Coral's apt repository (`
 
 @dataclass(frozen=True)
 class Prediction:
-    """One film's model outputs: ``scores`` (L,) float32, ``features`` (H, W, C) float32, invoke time."""
+    """One film's model outputs: ``scores`` (L,) float32 as edge reports them, ``features`` (H, W, C)
+    float32, invoke time, and ``model_scores``: the model's own score output (the same array as
+    ``scores`` unless the bundle scores from the features)."""
 
     scores: np.ndarray
     features: np.ndarray
     invoke_ms: float
+    model_scores: np.ndarray | None = None
 
 
 # ---------------------------------------------------------------- pure numpy: quantisation
@@ -89,6 +100,24 @@ def _to_input(x: np.ndarray, detail: dict) -> np.ndarray:
     else:
         value = quantize(x, scale, zero_point, dtype)
     return value[None]
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * z))  # no overflow warning for large |z|
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max())
+    return e / e.sum()
+
+
+ACTIVATIONS = {"sigmoid": _sigmoid, "softmax": _softmax}
+_TASK_ACTIVATION = {"multilabel": "sigmoid", "one_vs_all": "softmax"}
+
+
+def scores_from_logits(logits: np.ndarray, activation: str) -> np.ndarray:
+    """Label scores (L,) float32 from the head's logits: "sigmoid" (multi-label) or "softmax" (one-vs-all)."""
+    return ACTIVATIONS[activation](np.asarray(logits, np.float64)).astype(np.float32)
 
 
 # ---------------------------------------------------------------- interpreter helpers
@@ -132,6 +161,7 @@ class Model:
     threads: int
     interpreter: Any = field(repr=False)
     notes: tuple[str, ...] = ()
+    head: Head | None = field(default=None, repr=False)  # set when the bundle scores from the features
     _input: dict = field(init=False, repr=False)
     _scores: dict = field(init=False, repr=False)
     _features: dict = field(init=False, repr=False)
@@ -149,6 +179,11 @@ class Model:
         return self.bundle.model_path(self.file_kind)
 
     @property
+    def scores_from(self) -> str:
+        """"features" (the float head on the feature map) or "model" (the model's score output)."""
+        return "features" if self.head is not None else "model"
+
+    @property
     def input_shape(self) -> tuple[int, ...]:
         return tuple(int(n) for n in self._input["shape"][1:])
 
@@ -160,8 +195,12 @@ class Model:
         start = time.perf_counter()
         self.interpreter.invoke()
         invoke_ms = (time.perf_counter() - start) * 1000.0
-        return Prediction(scores=get_output(self.interpreter, self._scores).reshape(-1),
-                          features=get_output(self.interpreter, self._features), invoke_ms=invoke_ms)
+        model_scores = get_output(self.interpreter, self._scores).reshape(-1)
+        features = get_output(self.interpreter, self._features)
+        scores = model_scores
+        if self.head is not None:
+            scores = scores_from_logits(head_logits(self.head, features), self.bundle.spec["scoring"]["activation"])
+        return Prediction(scores=scores, features=features, invoke_ms=invoke_ms, model_scores=model_scores)
 
 
 def _check_model(interpreter: Any, bundle: Bundle, kind: str) -> tuple[dict, dict, dict]:
@@ -188,6 +227,17 @@ def _check_model(interpreter: Any, bundle: Bundle, kind: str) -> tuple[dict, dic
         raise BundleError(f"{model_file}: feature map shape {feature_shape} is not bundle.json's cam.feature_shape "
                           f"{bundle.spec['cam']['feature_shape']}")
     return inp, scores, features
+
+
+def _scoring_head(bundle: Bundle, kind: str) -> Head | None:
+    """The float head that computes the scores from the features, or None to use the score output."""
+    if bundle.scores_from != "features":
+        return None
+    activation = bundle.spec["scoring"].get("activation")
+    if activation != _TASK_ACTIVATION.get(bundle.task):
+        raise BundleError(f"{bundle.path / 'bundle.json'}: scoring activation {activation!r} does not fit the "
+                          f"{bundle.task!r} task (expected {_TASK_ACTIVATION.get(bundle.task)!r})")
+    return load_head(bundle, exact=kind == "fp32")
 
 
 # ---------------------------------------------------------------- opening
@@ -284,5 +334,7 @@ def open_model(bundle: Bundle | str | Path, device: str = "auto", threads: int |
     threads = threads or _default_threads()
     interpreter = _make_interpreter(module, bundle.model_path("edgetpu" if used == "edgetpu" else kind), threads,
                                     delegate)
-    return Model(bundle=bundle, kind=kind, device=used, runtime=runtime, threads=threads, interpreter=interpreter,
-                 notes=tuple(notes))
+    model = Model(bundle=bundle, kind=kind, device=used, runtime=runtime, threads=threads, interpreter=interpreter,
+                  notes=tuple(notes))  # checks the model against bundle.json first
+    model.head = _scoring_head(bundle, kind)
+    return model

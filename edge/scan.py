@@ -60,10 +60,11 @@ class Explainer(Protocol):
 class CamExplainer:
     """The real Explainer: edge.cam's Grad-CAM on the bundle's head, edge.overlay's PNGs."""
 
-    def __init__(self, bundle: Any):
+    def __init__(self, bundle: Any, head: Any = None):
+        """``head``: the model's own (edge.runtime.Model.head, the one for its features) when it has one."""
         from edge import cam, overlay
         self._cam, self._overlay = cam, overlay
-        self.head, self.task = cam.load_head(bundle), bundle.task
+        self.head, self.task = head if head is not None else cam.load_head(bundle), bundle.task
 
     def cam(self, features: np.ndarray, label_index: int) -> np.ndarray:
         return self._cam.grad_cam(self.head, features, label_index, self.task)
@@ -385,7 +386,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"note: {note}", file=sys.stderr)
     out = Path(args.out)
     with OutLock(out), Store(out / DB_NAME) as store:
-        explainer = None if args.cam == "none" else CamExplainer(model.bundle)
+        explainer = None if args.cam == "none" else CamExplainer(model.bundle, getattr(model, "head", None))
         ctx = ScanContext(model=model, explainer=explainer, store=store, out_dir=out, cam_mode=args.cam,
                           top_k=args.top, overlays=not args.no_overlays)
         films, passed = collect(args.paths)

@@ -40,7 +40,7 @@ def test_compare_quantised_counts_auroc_and_agreement():
     q = fp.copy()
     q[1, 0] = 0.95  # label A: one negative now ranks above both positives; crosses A's threshold
     out = compare_quantised(q, fp, y, [0.5, 0.5, 0.5], LABELS)
-    assert out["labels_with_both_classes"] == 1
+    assert out["auroc_labels"] == 1
     assert out["per_label"]["A"]["auroc_fp32"] == 1.0
     assert out["per_label"]["A"]["auroc_int8"] == pytest.approx(0.5)
     assert out["per_label"]["B"]["dauroc"] is None
@@ -57,6 +57,17 @@ def _report(q_shift: float = 0.0, onnx_shift: float = 0.0) -> dict:
     f = rng.random((40, 2, 2, 4))
     return report((s, f), (s + onnx_shift, f), (s, f), (np.clip(s + q_shift, 0, 1), f), y, [0.5] * 3, LABELS,
                   [f"{i}.png" for i in range(40)])
+
+
+def test_report_keeps_the_int8_models_own_scores_apart():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, (30, 3))
+    s = rng.random((30, 3))
+    f = rng.random((30, 2, 2, 4))
+    rep = report((s, f), (s, f), (s, f), (s, f), y, [0.5] * 3, LABELS, list(range(30)), int8_model_scores=1 - s)
+    assert rep["int8_vs_fp32"]["mean_abs_dauroc"] == 0.0
+    assert rep["int8_model_scores_vs_fp32"]["decision_agreement"] < 1.0
+    assert "int8_model_scores_vs_fp32" not in report((s, f), (s, f), (s, f), (s, f), y, [0.5] * 3, LABELS, [])
 
 
 def test_check_passes_identical_models():
@@ -79,4 +90,17 @@ def test_check_fails_when_auroc_cannot_be_computed():
     f = np.zeros((5, 1, 1, 2))
     rep = report((s, f), (s, f), (s, f), (s, f), y, [0.5] * 3, LABELS, list("abcde"))
     assert check(rep, {"mean_abs_dauroc": 0.005}) == [
-        "int8_vs_fp32.mean_abs_dauroc cannot be computed (no held-out label has both classes)"]
+        "int8_vs_fp32.mean_abs_dauroc cannot be computed (no held-out label has enough films of both classes)"]
+
+
+def test_auroc_summary_can_require_films_of_each_class():
+    y = np.zeros((40, 2), int)
+    y[:3, 0] = 1  # label A: 3 positives
+    y[:20, 1] = 1  # label B: 20 positives
+    fp = np.linspace(0, 1, 40)[:, None].repeat(2, axis=1)
+    q = fp.copy()
+    q[0, 0] = 0.99  # moves one of A's 3 positives: a large AUROC change on a small sample
+    both = compare_quantised(q, fp, y, [0.5, 0.5], ["A", "B"])
+    five = compare_quantised(q, fp, y, [0.5, 0.5], ["A", "B"], min_films=5)
+    assert both["auroc_labels"] == 2 and five["auroc_labels"] == 1
+    assert five["mean_abs_dauroc"] == 0.0 < both["mean_abs_dauroc"] == five["all_labels_mean_abs_dauroc"]

@@ -122,7 +122,7 @@ def test_key_session_retake_keep_quit(film, tmp_path):
 
 def test_main_with_fake_camera(film, tmp_path, monkeypatch, capsys):
     install_fakes(monkeypatch)
-    monkeypatch.setattr(edge.capture, "CamExplainer", lambda bundle: FakeExplainer())
+    monkeypatch.setattr(edge.capture, "CamExplainer", lambda bundle, head=None: FakeExplainer())
     camera = FakeCamera([photo(film, seed=3), photo(film, seed=4)])
     monkeypatch.setattr(edge.capture, "open_camera", lambda index, preview: camera)
     out = tmp_path / "out"
@@ -136,7 +136,7 @@ def test_main_with_fake_camera(film, tmp_path, monkeypatch, capsys):
 
 def test_key_mode_reads_stdin(film, tmp_path, monkeypatch):
     install_fakes(monkeypatch)
-    monkeypatch.setattr(edge.capture, "CamExplainer", lambda bundle: FakeExplainer())
+    monkeypatch.setattr(edge.capture, "CamExplainer", lambda bundle, head=None: FakeExplainer())
     monkeypatch.setattr(edge.capture, "open_camera", lambda index, preview: FakeCamera([photo(film)]))
     answers = iter(["", ""])
 

@@ -232,7 +232,7 @@ class SlowModel(FakeModel):
         return super().predict(x)
 
 edge.runtime.open_model = lambda path, **kw: SlowModel(fake_bundle(edge.scan.Path(path)))
-edge.scan.CamExplainer = lambda bundle: FakeExplainer()
+edge.scan.CamExplainer = lambda bundle, head=None: FakeExplainer()
 sys.exit(edge.scan.main(sys.argv[1:]))
 """
 

@@ -161,6 +161,49 @@ def test_predict_refuses_a_picture_of_the_wrong_shape_or_type(tmp_path, fake):
         model.predict(np.zeros((224, 224, 3), np.float32))
 
 
+def _scoring_bundle(tmp_path, task="multilabel", activation="sigmoid") -> Bundle:
+    """The fake bundle scoring from the features, with a chexnet head whose bias was corrected by -1."""
+    bundle = _bundle(tmp_path)
+    rng = np.random.default_rng(1)
+    weight = rng.normal(size=(len(LABELS), FEATURES[-1])).astype(np.float32)
+    exact_bias = rng.normal(size=len(LABELS)).astype(np.float32)
+    np.savez(tmp_path / "cam_head.npz", weight=weight, bias=exact_bias - 1, exact_bias=exact_bias)
+    bundle.spec.update(task=task, files={"cam_head.npz": "-"},
+                       scoring={"from": "features", "activation": activation, "params": "cam_head.npz"})
+    bundle.spec["models"]["fp32"] = "model_fp32.tflite"
+    bundle.spec["outputs"]["model_fp32.tflite"] = bundle.spec["outputs"]["model_int8.tflite"]
+    return bundle, weight, exact_bias
+
+
+def test_scores_come_from_the_float_head_on_the_features_when_the_bundle_says_so(tmp_path, fake):
+    bundle, weight, exact_bias = _scoring_bundle(tmp_path)
+    pred = open_model(bundle, device="cpu").predict(_picture())
+    logits = weight @ np.ones(FEATURES[-1]) + exact_bias - 1  # the fake's features are all 1.0
+    np.testing.assert_allclose(pred.scores, 1 / (1 + np.exp(-logits)), rtol=1e-6)
+    assert pred.scores.dtype == np.float32
+    np.testing.assert_allclose(pred.model_scores, [0.0, 0.5, 255 / 256])  # the int8 output, kept apart
+    fp32 = open_model(bundle, device="cpu", kind="fp32").predict(_picture())  # the uncorrected head
+    np.testing.assert_allclose(fp32.scores, 1 / (1 + np.exp(-(logits + 1))), rtol=1e-6)
+
+
+def test_one_vs_all_scores_from_the_features_are_a_softmax(tmp_path, fake):
+    bundle, _, _ = _scoring_bundle(tmp_path, task="one_vs_all", activation="softmax")
+    scores = open_model(bundle, device="cpu").predict(_picture()).scores
+    assert scores.sum() == pytest.approx(1.0, abs=1e-6) and np.all(scores > 0)
+
+
+def test_a_scoring_activation_that_does_not_fit_the_task_is_refused(tmp_path, fake):
+    bundle, _, _ = _scoring_bundle(tmp_path, task="one_vs_all", activation="sigmoid")
+    with pytest.raises(BundleError, match="activation 'sigmoid' does not fit the 'one_vs_all' task"):
+        open_model(bundle, device="cpu")
+
+
+def test_without_scoring_the_model_score_output_is_reported(tmp_path, fake):
+    pred = open_model(_bundle(tmp_path), device="cpu").predict(_picture())
+    assert open_model(_bundle(tmp_path), device="cpu").scores_from == "model"
+    np.testing.assert_array_equal(pred.scores, pred.model_scores)
+
+
 def test_a_label_list_that_does_not_match_the_model_is_refused(tmp_path, fake):
     with pytest.raises(BundleError, match="outputs 3 scores but bundle.json lists 4 labels"):
         open_model(_bundle(tmp_path, labels=("A", "B", "C", "D")), device="cpu")
@@ -260,9 +303,12 @@ def test_the_session_bundle_runs_and_its_cam_head_is_the_models_head(bundle_dir,
     labels, to_scores = int8.bundle.labels, _TO_SCORES[int8.bundle.task]
     assert pred.scores.shape == (len(labels),) and np.all((pred.scores >= 0) & (pred.scores <= 1))
     assert pred.features.shape == tuple(int8.bundle.spec["cam"]["feature_shape"]) and pred.features.min() >= 0
-    head = load_head(int8.bundle)
+    exact = load_head(int8.bundle, exact=True)  # the PyTorch head, for the fp32 model's features
     fp32 = open_model(bundle_dir, device="cpu", kind="fp32").predict(x)
-    np.testing.assert_allclose(to_scores(head_logits(head, fp32.features)), fp32.scores, atol=1e-4)
-    assert np.abs(to_scores(head_logits(head, pred.features)) - pred.scores).mean() < 0.03
+    np.testing.assert_allclose(to_scores(head_logits(exact, fp32.features)), fp32.model_scores, atol=1e-4)
+    np.testing.assert_allclose(fp32.scores, fp32.model_scores, atol=1e-4)
+    assert int8.bundle.scores_from == "features"  # the int8 model's scores: its bias-corrected float head
+    np.testing.assert_allclose(to_scores(head_logits(load_head(int8.bundle), pred.features)), pred.scores, atol=1e-6)
+    assert np.abs(pred.model_scores - pred.scores).mean() < 0.03
     assert np.abs(pred.scores - fp32.scores).mean() < 0.03
     assert np.corrcoef(pred.features.ravel(), fp32.features.ravel())[0, 1] > 0.9

@@ -84,7 +84,7 @@ def install_fakes(monkeypatch) -> list[FakeModel]:
         return opened[-1]
 
     monkeypatch.setattr(edge.runtime, "open_model", open_model)
-    monkeypatch.setattr(edge.scan, "CamExplainer", lambda bundle: FakeExplainer())
+    monkeypatch.setattr(edge.scan, "CamExplainer", lambda bundle, head=None: FakeExplainer())
     return opened
 
 

@@ -1,0 +1,55 @@
+"""cam_head.npz: the head's float32 parameters in eval form reproduce the PyTorch head exactly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from convert.camhead import CAM_FILE, head_arrays, head_scores, save_head
+from tests.convert.test_export import _randomise_batchnorms
+
+ARRAYS = {"chexnet": ["bias", "weight"],
+          "paper": ["bn1_scale", "bn1_shift", "bn2_scale", "bn2_shift", "fc1_bias", "fc1_weight", "fc2_bias",
+                    "fc2_weight"]}
+
+
+@pytest.mark.parametrize(("head", "task", "labels"), [("chexnet", "multilabel", 14), ("paper", "multilabel", 14),
+                                                      ("chexnet", "one_vs_all", 2)])
+def test_saved_head_reproduces_pytorch(tmp_path, head, task, labels):
+    import torch
+
+    from train.model import build_model
+
+    model = build_model(num_classes=labels, head=head).eval()
+    _randomise_batchnorms(model)
+    arrays = head_arrays(model)
+    assert sorted(arrays) == ARRAYS[head]
+    save_head(arrays, tmp_path / CAM_FILE)
+    with np.load(tmp_path / CAM_FILE, allow_pickle=False) as saved:
+        loaded = {name: saved[name] for name in saved.files}
+    assert all(a.dtype == np.float32 for a in loaded.values())
+    feats = np.random.default_rng(0).gamma(1.0, 1.0, (3, 7, 7, 1024)).astype(np.float32)
+    with torch.no_grad():
+        logits = model.forward_head(torch.from_numpy(feats).permute(0, 3, 1, 2))
+        ref = (torch.sigmoid(logits) if task == "multilabel" else torch.softmax(logits, 1)).numpy()
+    np.testing.assert_allclose(head_scores(head, task, loaded, feats), ref, atol=2e-6)
+
+
+@pytest.mark.parametrize("head", ["chexnet", "paper"])
+def test_bias_correction_removes_a_constant_feature_offset(head):
+    from convert.camhead import bias_correct, head_forward, pooled
+    from train.model import build_model
+
+    model = build_model(num_classes=4, head=head).eval()
+    _randomise_batchnorms(model)
+    arrays = head_arrays(model)
+    rng = np.random.default_rng(2)
+    feats = rng.gamma(1.0, 1.0, (5, 7, 7, 1024)).astype(np.float32)
+    shifted = feats + rng.normal(0, 0.05, 1024).astype(np.float32)  # what int8 rounding does, systematically
+    offset = (pooled(head, shifted) - pooled(head, feats)).mean(axis=0)
+    corrected = bias_correct(head, arrays, offset)
+    exact = {"chexnet": "exact_bias", "paper": "exact_bn1_shift"}[head]
+    np.testing.assert_array_equal(corrected[exact], arrays[exact[len("exact_"):]])
+    before = np.abs(head_forward(head, arrays, shifted) - head_forward(head, arrays, feats)).max()
+    after = np.abs(head_forward(head, corrected, shifted) - head_forward(head, arrays, feats)).max()
+    assert after < 1e-4 < before
