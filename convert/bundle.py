@@ -21,6 +21,7 @@ import numpy as np
 from convert.errors import ConvertError
 from edge.bundle import BUNDLE_JSON, FORMAT, FORMAT_VERSION, load_bundle, sha256_file
 from edge.preprocess import PREPROCESS
+from edge.store import fsync_dir
 
 __all__ = ["build_spec", "tflite_io", "write_bundle"]
 
@@ -64,14 +65,6 @@ def build_spec(meta: dict, io: dict[str, dict], cam: dict, extra: dict) -> dict:
     }
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_file(path: Path, data: bytes) -> None:
     with open(path, "wb") as f:
         f.write(data)
@@ -99,7 +92,7 @@ def write_bundle(out: str | Path, files: dict[str, bytes | Path], spec: dict, fo
         if out.exists():
             out.rename(old)
         tmp.rename(out)
-        _fsync_dir(out.parent)
+        fsync_dir(out.parent)
     except OSError as err:
         _restore(out, old)
         if err.errno == errno.ENOSPC:
@@ -127,7 +120,7 @@ def _fill(tmp: Path, files: dict[str, bytes | Path], spec: dict, hook: Callable[
     full = {**spec, "files": digests}
     _write_file(tmp / BUNDLE_JSON, (json.dumps(full, indent=2, default=_json_default) + "\n").encode())
     hook(BUNDLE_JSON)
-    _fsync_dir(tmp)
+    fsync_dir(tmp)
 
 
 def _json_default(value):

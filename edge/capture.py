@@ -29,8 +29,8 @@ from typing import Any, Protocol
 import numpy as np
 from PIL import Image, ImageFilter
 
-from edge.errors import EdgeError, RuntimeMissingError
-from edge.progress import StopOnSignal, printable
+from edge.errors import RuntimeMissingError
+from edge.progress import StopOnSignal, printable, run_main
 from edge.report import DEMO_DISCLAIMER, export_all
 from edge.scan import CamExplainer, ScanContext, scan_one
 from edge.store import DB_NAME, OutLock, Store, atomic_write_bytes, output_error
@@ -303,22 +303,15 @@ def _run(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    try:
-        args = _parser().parse_args(argv)
-    except SystemExit as exit_:
-        return int(exit_.code or 0)
+def _check_args(args: argparse.Namespace) -> str | None:
     if (args.timer is not None and args.timer < 0) or (args.count is not None and args.count < 1):
-        print("edge.capture: --timer must be 0 or more and --count at least 1", file=sys.stderr)
-        return 2
-    try:
-        return _run(args)
-    except EdgeError as err:
-        print(f"edge.capture: {printable(str(err))}", file=sys.stderr)
-        return err.exit_code
-    except KeyboardInterrupt:
-        print("edge.capture: stopped; every film stored so far is kept", file=sys.stderr)
-        return 130
+        return "--timer must be 0 or more and --count at least 1"
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_main("edge.capture", lambda: _parser().parse_args(argv), _run,
+                    "stopped; every film stored so far is kept", _check_args)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ from PIL import Image
 
 from edge.errors import EdgeError, FilmError, StoreError
 from edge.preprocess import preprocess
-from edge.progress import Progress, StopOnSignal, printable
+from edge.progress import Progress, StopOnSignal, run_main
 from edge.report import export_all, summary_text
 from edge.store import DB_NAME, OVERLAYS, FilmResult, OutLock, Store, atomic_write_bytes, output_error
 from edge.walk import collect, hash_film_file, path_text
@@ -401,18 +401,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        args = _parser().parse_args(argv)
-    except SystemExit as exit_:
-        return int(exit_.code or 0)
-    try:
-        return _run(args)
-    except EdgeError as err:
-        print(f"edge.scan: {printable(str(err))}", file=sys.stderr)
-        return err.exit_code
-    except KeyboardInterrupt:
-        print("edge.scan: stopped; every result committed so far is kept, run again to resume", file=sys.stderr)
-        return 130
+    return run_main("edge.scan", lambda: _parser().parse_args(argv), _run,
+                    "stopped; every result committed so far is kept, run again to resume")
 
 
 if __name__ == "__main__":

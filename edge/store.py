@@ -292,7 +292,7 @@ def atomic_writer(path: str | Path, mode: str = "w") -> Iterator[Any]:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -307,7 +307,8 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         f.write(text)
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new file in the folder ``path`` durable (POSIX: fsync the directory)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

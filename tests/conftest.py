@@ -110,6 +110,16 @@ def phantom_set() -> Path:
     return _build_once("phantoms", key, build)
 
 
+@pytest.fixture
+def few_films(phantom_set: Path, tmp_path: Path) -> Path:
+    """A folder (in tmp_path) with copies of the first three phantom films."""
+    folder = tmp_path / "films"
+    folder.mkdir()
+    for src in sorted((phantom_set / "images").glob("*.png"))[:3]:
+        shutil.copy(src, folder / src.name)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def trained_run(phantom_set: Path) -> Path:
     """A run folder of the real DenseNet-121 trained briefly on the CPU (preset 'test')."""

@@ -7,7 +7,6 @@ edge scan the same way.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -43,11 +42,8 @@ def test_conversion_opened_no_socket(bundle_dir):
 
 
 @pytest.mark.slow
-def test_scan_opens_no_socket(bundle_dir, phantom_set, tmp_path):
-    films = tmp_path / "films"
-    films.mkdir()
-    for src in sorted((phantom_set / "images").glob("*.png"))[:3]:
-        shutil.copy(src, films / src.name)
+def test_scan_opens_no_socket(bundle_dir, few_films, tmp_path):
+    films = few_films
     log = tmp_path / "net.log"
     proc = run_offline("edge.scan", [str(films), "--bundle", str(bundle_dir), "--out", str(tmp_path / "out")], log,
                        timeout=600)

@@ -501,6 +501,8 @@ def generate(out_dir: str | Path, patients: int, seed: int, size: int = 1024, *,
         raise PhantomError(f"--patients must be at least 2 (one for training, one for test), got {patients}")
     if not 64 <= size <= 4096:
         raise PhantomError(f"--size must be between 64 and 4096 pixels, got {size}")
+    if not 0 < test_fraction < 1:
+        raise PhantomError(f"--test-fraction must be between 0 and 1, got {test_fraction}")
     test = _split(patients, seed, test_fraction)
     args = {"seed": seed, "size": size, "patients": patients, "cam_grid": cam_grid, "test_fraction": test_fraction}
     try:
@@ -519,6 +521,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--patients", required=True, type=int, help="number of phantom patients (1-4 films each)")
     p.add_argument("--seed", required=True, type=int, help="random seed: the same seed gives identical files")
     p.add_argument("--size", type=int, default=1024, help="film width and height in pixels (default 1024)")
+    p.add_argument("--test-fraction", type=float, default=0.2,
+                   help="fraction of patients in test_list.txt, the held-out split (default 0.2)")
     p.add_argument("--quiet", action="store_true", help="print nothing on success")
     return p
 
@@ -527,7 +531,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     start = time.perf_counter()
     try:
-        out = generate(args.out, args.patients, args.seed, args.size)
+        out = generate(args.out, args.patients, args.seed, args.size, test_fraction=args.test_fraction)
     except EdgeError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code

@@ -255,11 +255,8 @@ def test_safe_stem():
 
 
 @pytest.mark.slow
-def test_real_bundle_on_phantom_films(bundle_dir, phantom_set, tmp_path):
-    folder = tmp_path / "films"
-    folder.mkdir()
-    for src in sorted((phantom_set / "images").glob("*.png"))[:3]:
-        shutil.copy(src, folder / src.name)
+def test_real_bundle_on_phantom_films(bundle_dir, few_films, tmp_path):
+    folder = few_films
     out = tmp_path / "out"
     assert main([str(folder), "--bundle", str(bundle_dir), "--out", str(out), "--quiet"]) == 0
     with open(out / "results.csv", newline="") as f:
