@@ -40,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--auroc-min-films", type=int, default=1, metavar="N",
                    help="AUROC differences over labels with at least N held-out films of each class (default 1: "
                         "both classes present)")
+    p.add_argument("--float-check-films", type=int, default=32, metavar="N",
+                   help="held-out films for the float checks, ONNX vs PyTorch and fp32 TFLite vs ONNX (default 32)")
     p.add_argument("--max-int8-mb", type=float, default=8.5, help="int8 model size limit in MB (default 8.5)")
     p.add_argument("--batchnorm", choices=("auto", "depthwise", "mul"), default="auto",
                    help="BatchNorms after a concatenation as 1x1 depthwise convolutions (more precise in int8, "
@@ -57,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _options(args: argparse.Namespace):
     from convert.pipeline import Options
 
-    for name in ("calibration", "heldout", "auroc_min_films"):
+    for name in ("calibration", "heldout", "auroc_min_films", "float_check_films"):
         if getattr(args, name) < 1:
             flag = "--" + name.replace("_", "-")
             raise ConvertError(f"{flag} must be a positive number of films, got {getattr(args, name)}")
@@ -67,7 +69,7 @@ def _options(args: argparse.Namespace):
                    heldout=args.heldout, force=args.force, quantization=args.quantization, limits=limits,
                    max_int8_mb=args.max_int8_mb, batchnorm=args.batchnorm, scores=args.scores,
                    bias_correction=args.bias_correction,
-                   auroc_min_films=args.auroc_min_films, seed=args.seed,
+                   auroc_min_films=args.auroc_min_films, float_check_films=args.float_check_films, seed=args.seed,
                    verbose=args.verbose)
 
 

@@ -8,7 +8,9 @@ Computed on held-out films never used for calibration (convert.calibrate):
   swapped pair, so one label can dominate the mean), max and mean |Δscore|, agreement of the
   above-threshold labels (checkpoint thresholds; fraction of film×label decisions that agree,
   and of films whose whole positive-label set agrees), max |Δfeature|.
-* ``onnx_vs_torch`` and ``fp32_vs_onnx``: max and mean |Δ| of scores and features.
+* ``onnx_vs_torch`` and ``fp32_vs_onnx``: max and mean |Δ| of scores and features, on the first
+  ``films`` held-out films (``--float-check-films``, default 32: float against float agrees to
+  ~1e-6 on any film; the int8 comparison is the one that needs every held-out film).
 * ``int8_model_scores_vs_fp32`` (when the bundle scores from the features, bundle.json
   ``scoring.from == "features"``): the same block for the int8 model's own score output, for
   comparison; ``int8_vs_fp32`` then holds the scores edge reports (the float head on the int8
@@ -97,12 +99,16 @@ def compare_quantised(q_scores, f_scores, targets, thresholds, labels, q_feats=N
 def report(torch_out, onnx_out, fp32_out, int8_out, targets, thresholds, labels, heldout_names,
            int8_model_scores=None, min_films: int = 1) -> dict:
     """The whole report; each ``*_out`` is (scores N×L, features N×H×W×C) on the same films.
-    ``int8_out[0]`` are the int8 scores edge reports; ``int8_model_scores`` the model's own, if different."""
+    ``int8_out[0]`` are the int8 scores edge reports; ``int8_model_scores`` the model's own, if different.
+    ``torch_out`` and ``onnx_out`` may cover only the first n films (a float-equivalence check
+    needs few); fp32 TFLite is compared with ONNX on those n."""
+    n = len(onnx_out[0])
     rep = {"heldout": {"films": len(targets), "split": "test", "names": list(heldout_names)},
            "int8_vs_fp32": compare_quantised(int8_out[0], fp32_out[0], targets, thresholds, labels,
                                              int8_out[1], fp32_out[1], min_films),
-           "onnx_vs_torch": compare_float(onnx_out[0], torch_out[0], onnx_out[1], torch_out[1]),
-           "fp32_vs_onnx": compare_float(fp32_out[0], onnx_out[0], fp32_out[1], onnx_out[1])}
+           "onnx_vs_torch": {"films": n, **compare_float(onnx_out[0], torch_out[0], onnx_out[1], torch_out[1])},
+           "fp32_vs_onnx": {"films": n, **compare_float(fp32_out[0][:n], onnx_out[0], fp32_out[1][:n],
+                                                        onnx_out[1])}}
     if int8_model_scores is not None:
         rep["int8_model_scores_vs_fp32"] = compare_quantised(int8_model_scores, fp32_out[0], targets, thresholds,
                                                              labels, min_films=min_films)

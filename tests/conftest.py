@@ -27,7 +27,8 @@ _ARTIFACT_SOURCES = tuple(sorted(str(p.relative_to(ROOT)) for p in (ROOT / "trai
     "edge/preprocess.py", "edge/films.py", "edge/dicom.py", "tests/offline.py")
 _CONVERT_SOURCES = tuple(str(p.relative_to(ROOT)) for p in sorted((ROOT / "convert").glob("*.py")))
 
-PHANTOM_PATIENTS = 160
+PHANTOM_PATIENTS = 220
+PHANTOM_TEST_FRACTION = 0.35  # ~190 held-out films: enough positives per label to measure |dAUROC| to 0.005
 PHANTOM_SEED = 7
 
 
@@ -104,9 +105,10 @@ def _build_once(name: str, key: str, build) -> Path:
 def phantom_set() -> Path:
     """A phantom set in NIH layout (images/, Data_Entry_2017.csv, BBox_List_2017.csv, split lists)."""
     def build(tmp: Path) -> None:
-        _run_stage("train.phantoms", ["--out", str(tmp), "--patients", str(PHANTOM_PATIENTS),
-                                      "--seed", str(PHANTOM_SEED), "--quiet"], tmp)
-    key = _key(("train/phantoms.py", "tests/offline.py"), f"{PHANTOM_PATIENTS}-{PHANTOM_SEED}")
+        _run_stage("train.phantoms", ["--out", str(tmp), "--patients", str(PHANTOM_PATIENTS), "--seed",
+                                      str(PHANTOM_SEED), "--test-fraction", str(PHANTOM_TEST_FRACTION), "--quiet"], tmp)
+    key = _key(("train/phantoms.py", "tests/offline.py"),
+               f"{PHANTOM_PATIENTS}-{PHANTOM_SEED}-{PHANTOM_TEST_FRACTION}")
     return _build_once("phantoms", key, build)
 
 
@@ -140,6 +142,6 @@ def bundle_dir(checkpoint: Path, phantom_set: Path) -> Path:
         # Relaxed int8 limits so a bundle always exists for the tests that use one; the default limits
         # are asserted on its fidelity report by tests/convert/test_end_to_end.py.
         _run_stage("convert", [str(checkpoint), "--data", str(phantom_set), "--out", str(tmp / "bundle"),
-                               "--calibration", "48", "--max-mean-dauroc", "0.05", "--max-dscore", "0.2"], tmp)
+                               "--calibration", "72", "--max-mean-dauroc", "0.05", "--max-dscore", "0.2"], tmp)
     root = _build_once("bundle", _key(_ARTIFACT_SOURCES + _CONVERT_SOURCES, checkpoint.parent.name), build)
     return root / "bundle"

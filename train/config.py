@@ -117,10 +117,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     "demo": dict(head="chexnet", optimizer="adamw", lr=1e-3, weight_decay=1e-4, batch_size=16, epochs=10,
                  train_sizes=[128] * 9 + [224], schedule="onecycle", rotation=10.0, zoom=1.1, zoom_p=0.5,
                  brightness=0.2, contrast=0.2, val_fraction=0.15, max_minutes=30.0, task="all"),
-    # 160 phantom patients (the test session): ~272 training films; measured test macro AUROC 0.904.
+    # 220 phantom patients, 35% held out (the test session): ~273 training films, ~72 validation films
+    # (calibration), ~190 test films (fidelity); measured test macro AUROC 0.895.
     "test": dict(head="chexnet", optimizer="adamw", lr=1e-3, weight_decay=1e-4, batch_size=16, epochs=8,
                  train_sizes=[128] * 7 + [224], schedule="onecycle", rotation=10.0, zoom=1.1, zoom_p=0.5,
-                 brightness=0.2, contrast=0.2, val_fraction=0.15, max_minutes=30.0, task="all"),
+                 brightness=0.2, contrast=0.2, val_fraction=0.2, max_minutes=30.0, task="all"),
 }
 
 

@@ -1,6 +1,6 @@
 """The real DenseNet-121, trained briefly on phantoms, converted end to end offline (session ``bundle_dir``).
 
-tests/conftest.py builds the bundle with ``python -m convert CKPT --data PHANTOMS --out ... --calibration 48``
+tests/conftest.py builds the bundle with ``python -m convert CKPT --data PHANTOMS --out ... --calibration 72``
 under tests/offline.py, which refuses and logs every network attempt.
 """
 
@@ -14,6 +14,7 @@ import pytest
 from convert.bundle import MODEL_FILES
 from convert.fidelity import LIMITS
 from edge.bundle import load_bundle
+from train.phantoms import DRAWN_LABELS as DRAWN
 
 pytestmark = pytest.mark.slow
 
@@ -39,10 +40,12 @@ def test_int8_model_loads_with_litert_and_takes_raw_pixels(bundle):
     assert set(bundle.output_names("int8").values()) == names
 
 
-@pytest.mark.xfail(reason="open (issue 4): int8 vs fp32 on the session model measured mean |dAUROC| 0.0139 and "
-                          "max |dscore| 0.061 against the 0.005 / 0.05 limits", strict=False)
 def test_int8_fidelity_within_the_default_limits(bundle):
+    """Issue 4's limits on the scores edge reports, over enough held-out films that one swapped pair of
+    a rare label cannot decide it (the fixture converts with relaxed limits so the other tests run)."""
     q = bundle.spec["fidelity"]["int8_vs_fp32"]
+    assert q["films"] >= 150 and q["auroc_labels"] == 6
+    assert min(q["per_label"][label]["positives"] for label in DRAWN) >= 10
     print(f"\nint8 vs fp32: mean |dAUROC| {q['mean_abs_dauroc']:.4f}, max |dscore| {q['max_abs_dscore']:.4f}")
     assert q["mean_abs_dauroc"] <= LIMITS["mean_abs_dauroc"][1]
     assert q["max_abs_dscore"] <= LIMITS["max_abs_dscore"][1]
@@ -52,6 +55,7 @@ def test_fidelity_report_and_float_paths_within_the_limits(bundle):
     fid = bundle.spec["fidelity"]
     q = fid["int8_vs_fp32"]
     assert q["films"] >= 8 and q["auroc_labels"] >= 1
+    assert fid["onnx_vs_torch"]["films"] == fid["fp32_vs_onnx"]["films"] == 32
     assert fid["onnx_vs_torch"]["max_abs_dscore"] <= LIMITS["onnx_vs_torch"][1]
     assert fid["fp32_vs_onnx"]["max_abs_dscore"] <= 1e-3
     held = set(fid["heldout"]["names"])

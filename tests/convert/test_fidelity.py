@@ -104,3 +104,15 @@ def test_auroc_summary_can_require_films_of_each_class():
     five = compare_quantised(q, fp, y, [0.5, 0.5], ["A", "B"], min_films=5)
     assert both["auroc_labels"] == 2 and five["auroc_labels"] == 1
     assert five["mean_abs_dauroc"] == 0.0 < both["mean_abs_dauroc"] == five["all_labels_mean_abs_dauroc"]
+
+
+def test_float_checks_may_cover_only_the_first_films():
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, (30, 3))
+    s, f = rng.random((30, 3)), rng.random((30, 2, 2, 4))
+    fp32 = (s.copy(), f)
+    fp32[0][20:] += 0.5  # beyond the float-check films: must not count in fp32 vs ONNX
+    rep = report((s[:8], f[:8]), (s[:8], f[:8]), fp32, (s, f), y, [0.5] * 3, LABELS, list(range(30)))
+    assert rep["onnx_vs_torch"]["films"] == rep["fp32_vs_onnx"]["films"] == 8
+    assert rep["fp32_vs_onnx"]["max_abs_dscore"] == 0.0 and rep["int8_vs_fp32"]["films"] == 30
+    assert rep["int8_vs_fp32"]["max_abs_dscore"] == pytest.approx(0.5)
