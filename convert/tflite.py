@@ -83,7 +83,7 @@ def _weights_only(keras_model):
     import tensorflow as tf
 
     module = tf.Module()
-    module.weights = list(keras_model.weights)
+    module.weights = list(keras_model.variables)  # a Keras model or any tf.Module
     return module
 
 
