@@ -16,12 +16,10 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-
 from convert.errors import ConvertError
 from edge.bundle import BUNDLE_JSON, FORMAT, FORMAT_VERSION, load_bundle, sha256_file
 from edge.preprocess import PREPROCESS
-from edge.store import fsync_dir
+from edge.store import fsync_dir, json_default
 
 __all__ = ["build_spec", "tflite_io", "write_bundle"]
 
@@ -118,14 +116,6 @@ def _fill(tmp: Path, files: dict[str, bytes | Path], spec: dict, hook: Callable[
         digests[name] = sha256_file(target)
         hook(name)
     full = {**spec, "files": digests}
-    _write_file(tmp / BUNDLE_JSON, (json.dumps(full, indent=2, default=_json_default) + "\n").encode())
+    _write_file(tmp / BUNDLE_JSON, (json.dumps(full, indent=2, default=json_default) + "\n").encode())
     hook(BUNDLE_JSON)
     fsync_dir(tmp)
-
-
-def _json_default(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

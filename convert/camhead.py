@@ -14,7 +14,8 @@ are folded to ``y = x * scale + shift`` with ``scale = gamma / sqrt(running_var 
     bn1_scale 2C   bn1_shift 2C   fc1_weight H×2C   fc1_bias H   (then ReLU)
     bn2_scale H    bn2_shift H    fc2_weight L×H    fc2_bias L
 
-Scores are sigmoid (``multilabel``) or softmax (``one_vs_all``) of the head's logits.
+Scores are sigmoid (``multilabel``) or softmax (``one_vs_all``) of the head's logits, computed by edge's own
+code (edge.cam's head, edge.runtime.scores_from_logits), so convert measures what edge reports.
 
 Bias correction for the int8 features (``bias_correct``): the int8 model's features carry a
 small systematic per-channel offset (rounding through ~60 requantised layers), worth up to
@@ -33,7 +34,11 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["ACTIVATION", "CAM_FILE", "HEAD_POOL", "bias_correct", "head_arrays", "head_forward", "head_scores",
+from edge.bundle import TASK_ACTIVATION
+from edge.cam import HEADS, OPS, head_logits, make_head
+from edge.runtime import scores_from_logits
+
+__all__ = ["CAM_FILE", "HEAD_POOL", "bias_correct", "head_arrays", "head_forward", "head_scores",
            "pooled", "save_head"]
 
 CAM_FILE = "cam_head.npz"
@@ -70,39 +75,13 @@ def head_arrays(model) -> dict[str, np.ndarray]:
     return _EXTRACT[model.head_name](model.head)
 
 
-def _chexnet_forward(a: dict[str, np.ndarray], f: np.ndarray) -> np.ndarray:
-    return f.mean(axis=(1, 2)) @ a["weight"].T + a["bias"]
-
-
-def _paper_forward(a: dict[str, np.ndarray], f: np.ndarray) -> np.ndarray:
-    v = np.concatenate([f.max(axis=(1, 2)), f.mean(axis=(1, 2))], axis=1)
-    h = np.maximum((v * a["bn1_scale"] + a["bn1_shift"]) @ a["fc1_weight"].T + a["fc1_bias"], 0)
-    return (h * a["bn2_scale"] + a["bn2_shift"]) @ a["fc2_weight"].T + a["fc2_bias"]
-
-
-_FORWARD = {"chexnet": _chexnet_forward, "paper": _paper_forward}
-
-
-def _sigmoid(z: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-z))
-
-
-def _softmax(z: np.ndarray) -> np.ndarray:
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
-
-
-ACTIVATION = {"multilabel": _sigmoid, "one_vs_all": _softmax}
-
-
-_POOLED = {"chexnet": lambda f: f.mean(axis=(1, 2)),
-           "paper": lambda f: np.concatenate([f.max(axis=(1, 2)), f.mean(axis=(1, 2))], axis=1)}
 _CORRECTED = {"chexnet": "bias", "paper": "bn1_shift"}  # the array that absorbs the pooled offset
 
 
 def pooled(head: str, features: np.ndarray) -> np.ndarray:
-    """The head's pooled vector (N×P, float64) of NHWC features."""
-    return _POOLED[head](features.astype(np.float64))
+    """The head's pooled vector (N×P, float64) of NHWC features: edge.cam's pooling layer of that head."""
+    pool = OPS[HEADS[head][0][0]]
+    return np.stack([pool.forward({}, f) for f in np.asarray(features, np.float32)]).astype(np.float64)
 
 
 def bias_correct(head: str, arrays: dict[str, np.ndarray], offset: np.ndarray) -> dict[str, np.ndarray]:
@@ -118,13 +97,15 @@ def bias_correct(head: str, arrays: dict[str, np.ndarray], offset: np.ndarray) -
 
 
 def head_forward(head: str, arrays: dict[str, np.ndarray], features: np.ndarray) -> np.ndarray:
-    """Logits (N×L, float64) from NHWC features (N×H×W×C) with the saved arrays."""
-    return _FORWARD[head](arrays, features.astype(np.float64))
+    """Logits (N×L, float64) from NHWC features (N×H×W×C) with the saved arrays, by edge.cam's head."""
+    net = make_head(head, arrays)
+    return np.stack([head_logits(net, f) for f in features]).astype(np.float64)
 
 
 def head_scores(head: str, task: str, arrays: dict[str, np.ndarray], features: np.ndarray) -> np.ndarray:
-    """Scores as edge computes them from the (dequantised) features: activation(head(features))."""
-    return ACTIVATION[task](head_forward(head, arrays, features)).astype(np.float32)
+    """Scores exactly as edge computes them from the (dequantised) features: edge.runtime's
+    activation of edge.cam's head, so the fidelity report measures what edge reports."""
+    return np.stack([scores_from_logits(z, TASK_ACTIVATION[task]) for z in head_forward(head, arrays, features)])
 
 
 def save_head(arrays: dict[str, np.ndarray], path: str | Path) -> None:

@@ -41,14 +41,16 @@ from pathlib import Path
 
 import numpy as np
 
+from edge.bundle import TASK_ACTIVATION
+
 __all__ = ["INPUT_NAME", "OUTPUT_NAMES", "export_onnx", "int8_friendly", "make_wrapper", "onnx_run", "torch_run"]
 
 INPUT_NAME = "pixels"
 OUTPUT_NAMES = ("scores", "features")
 OPSET = 17
 
-# task -> how logits become scores (plain data, looked up, never an if-chain)
-ACTIVATIONS = {"multilabel": "sigmoid", "one_vs_all": "softmax"}
+# task -> how logits become scores: the bundle contract's table (plain data, looked up, never an if-chain)
+ACTIVATIONS = TASK_ACTIVATION
 
 
 def make_wrapper(model, task: str):

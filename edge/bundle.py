@@ -55,12 +55,13 @@ from pathlib import Path
 from edge.errors import BundleError
 from edge.preprocess import PREPROCESS, spec_matches
 
-__all__ = ["BUNDLE_JSON", "FORMAT", "FORMAT_VERSION", "Bundle", "load_bundle", "sha256_file"]
+__all__ = ["BUNDLE_JSON", "FORMAT", "FORMAT_VERSION", "TASK_ACTIVATION", "Bundle", "load_bundle", "sha256_file"]
 
 FORMAT = "xray-edge-bundle"
 FORMAT_VERSION = 1
 BUNDLE_JSON = "bundle.json"
 TASKS = ("multilabel", "one_vs_all")
+TASK_ACTIVATION = {"multilabel": "sigmoid", "one_vs_all": "softmax"}  # how logits become scores
 SCORES_FROM = ("features", "model")
 _REQUIRED = ("format", "format_version", "task", "labels", "input", "preprocess", "outputs",
              "thresholds", "models", "cam", "files", "provenance")

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from edge.bundle import Bundle, load_bundle
+from edge.bundle import TASK_ACTIVATION, Bundle, load_bundle
 from edge.cam import Head, head_logits, load_head
 from edge.errors import BundleError, EdgeError, RuntimeMissingError
 
@@ -112,7 +112,6 @@ def _softmax(z: np.ndarray) -> np.ndarray:
 
 
 ACTIVATIONS = {"sigmoid": _sigmoid, "softmax": _softmax}
-_TASK_ACTIVATION = {"multilabel": "sigmoid", "one_vs_all": "softmax"}
 
 
 def scores_from_logits(logits: np.ndarray, activation: str) -> np.ndarray:
@@ -234,9 +233,9 @@ def _scoring_head(bundle: Bundle, kind: str) -> Head | None:
     if bundle.scores_from != "features":
         return None
     activation = bundle.spec["scoring"].get("activation")
-    if activation != _TASK_ACTIVATION.get(bundle.task):
+    if activation != TASK_ACTIVATION.get(bundle.task):
         raise BundleError(f"{bundle.path / 'bundle.json'}: scoring activation {activation!r} does not fit the "
-                          f"{bundle.task!r} task (expected {_TASK_ACTIVATION.get(bundle.task)!r})")
+                          f"{bundle.task!r} task (expected {TASK_ACTIVATION.get(bundle.task)!r})")
     return load_head(bundle, exact=kind == "fp32")
 
 

@@ -21,12 +21,12 @@ Writes are atomic (temporary file, fsync, rename), so a crash never leaves a hal
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
 
 from edge.preprocess import PREPROCESS
+from edge.store import atomic_write_bytes
 from train.model import DenseNet121, build_model
 
 __all__ = ["CHECKPOINT_FORMAT", "CheckpointError", "load_checkpoint", "model_from_checkpoint",
@@ -39,19 +39,6 @@ _REQUIRED = ("arch", "head", "task", "labels", "thresholds", "preprocess", "data
 
 class CheckpointError(Exception):
     """A checkpoint is missing, damaged, or not one this code can use. Names the file."""
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def save_checkpoint(path: str | Path, model: DenseNet121, meta: dict) -> None:

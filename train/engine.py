@@ -216,20 +216,12 @@ def predict_films(model, kind: str, data_dir: str | Path, data_meta: dict, split
 
 
 def write_json(path: Path, data: dict) -> None:
-    from train.checkpoint import atomic_write_bytes
+    from edge.store import atomic_write_bytes, json_default
 
-    atomic_write_bytes(path, json.dumps(data, indent=2, default=_jsonable).encode())
-
-
-def _jsonable(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+    atomic_write_bytes(path, json.dumps(data, indent=2, default=json_default).encode())
 
 
 def write_config(path: Path, cfg: TrainConfig) -> None:
-    from train.checkpoint import atomic_write_bytes
+    from edge.store import atomic_write_bytes
 
     atomic_write_bytes(path, dumps(cfg).encode())

@@ -271,7 +271,7 @@ def _evaluate(args: argparse.Namespace) -> dict:
     which = meta["config"].get("eval_labels", "present")
     numbers = write_report(out, y, scores, meta["labels"], meta["thresholds"], which, name=args.split)
     numbers = {"checkpoint": str(args.checkpoint), "split": args.split, **numbers}
-    from train.checkpoint import atomic_write_bytes
+    from edge.store import atomic_write_bytes
     atomic_write_bytes(out / "metrics.json", json.dumps(numbers, indent=2).encode())
     print(f"{args.split}: {numbers['films']} films, macro AUROC {_fmt(numbers['macro_auroc'])} over "
           f"{len(numbers['evaluated_labels'])} labels, micro AUROC {_fmt(numbers['micro_auroc'])}, "
