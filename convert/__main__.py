@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "precise) or the int8 model's own score output; fidelity is checked on that choice")
     p.add_argument("--no-bias-correction", dest="bias_correction", action="store_false",
                    help="do not fold the int8 features' mean offset (measured on the calibration films) into the head")
+    p.add_argument("--no-cam-baseline", dest="cam_baseline", action="store_false",
+                   help="plain Grad-CAM: do not store the calibration films' mean feature map as the CAM baseline")
     p.add_argument("--seed", type=int, default=0, help="film selection seed")
     p.add_argument("--verbose", action="store_true", help="show onnx2tf's own output")
     return p
@@ -68,7 +70,7 @@ def _options(args: argparse.Namespace):
     return Options(checkpoint=args.checkpoint, data=args.data, out=args.out, calibration=args.calibration,
                    heldout=args.heldout, force=args.force, quantization=args.quantization, limits=limits,
                    max_int8_mb=args.max_int8_mb, batchnorm=args.batchnorm, scores=args.scores,
-                   bias_correction=args.bias_correction,
+                   bias_correction=args.bias_correction, cam_baseline=args.cam_baseline,
                    auroc_min_films=args.auroc_min_films, float_check_films=args.float_check_films, seed=args.seed,
                    verbose=args.verbose)
 

@@ -25,6 +25,10 @@ weight @ offset`` (chexnet) or ``bn1_shift -= bn1_scale * offset`` (paper). The 
 names above are then the head *for the int8 model's features* (what edge uses); the uncorrected
 eval-form values are kept as ``exact_bias`` / ``exact_bn1_shift``. The CAM is unaffected for
 the chexnet head (its channel weights do not depend on the bias).
+
+CAM baseline (``with_baseline``): the mean feature map of the calibration films, H×W×C, as
+``baseline`` (the int8 model's, dequantised) and ``exact_baseline`` (the fp32 model's); edge.cam
+subtracts it before weighting, so a heatmap shows where a film differs from an average film.
 bundle.json ``cam`` records ``head``, ``pool``, ``params`` (this file) and ``arrays`` (the names).
 """
 
@@ -35,11 +39,11 @@ from pathlib import Path
 import numpy as np
 
 from edge.bundle import TASK_ACTIVATION
-from edge.cam import HEADS, OPS, head_logits, make_head
+from edge.cam import BASELINE, EXACT_PREFIX, HEADS, OPS, head_logits, make_head
 from edge.runtime import scores_from_logits
 
 __all__ = ["CAM_FILE", "HEAD_POOL", "bias_correct", "head_arrays", "head_forward", "head_scores",
-           "pooled", "save_head"]
+           "pooled", "save_head", "with_baseline"]
 
 CAM_FILE = "cam_head.npz"
 HEAD_POOL = {"chexnet": "avg", "paper": "concat-max-avg"}
@@ -94,6 +98,11 @@ def bias_correct(head: str, arrays: dict[str, np.ndarray], offset: np.ndarray) -
     else:
         out[name] = (arrays["bn1_shift"] - arrays["bn1_scale"] * offset).astype(np.float32)
     return out
+
+
+def with_baseline(arrays: dict[str, np.ndarray], int8: np.ndarray, fp32: np.ndarray) -> dict[str, np.ndarray]:
+    """Arrays with the CAM baseline feature maps (H×W×C) for the int8 and the fp32 model's features."""
+    return {**arrays, BASELINE: np.asarray(int8, np.float32), f"{EXACT_PREFIX}{BASELINE}": np.asarray(fp32, np.float32)}
 
 
 def head_forward(head: str, arrays: dict[str, np.ndarray], features: np.ndarray) -> np.ndarray:

@@ -45,6 +45,7 @@ class Options:
     batchnorm: str = "auto"
     scores: str = "features"
     bias_correction: bool = True
+    cam_baseline: bool = True
     auroc_min_films: int = 1
     float_check_films: int = 32
     seed: int = 0
@@ -155,21 +156,28 @@ def _write(path: Path, data: bytes) -> Path:
 
 
 def _head(state: _State) -> None:
-    """The float head for edge's scores and CAM, bias-corrected for the int8 features (convert.camhead)."""
-    from convert.camhead import bias_correct, head_arrays, pooled
+    """The float head for edge's scores and CAM (convert.camhead): bias-corrected for the int8 features,
+    with the CAM baseline, both measured on the calibration films."""
+    from convert.camhead import bias_correct, head_arrays, pooled, with_baseline
     from convert.tflite import tflite_run
 
-    a, head = state.art, state.art["meta"]["head"]
-    a["head"], a["bias_correction"] = head_arrays(a["model"]), None
-    if not state.opts.bias_correction:
+    a, head, opts = state.art, state.art["meta"]["head"], state.opts
+    a["head"], a["bias_correction"], a["cam_baseline"] = head_arrays(a["model"]), None, None
+    if not (opts.bias_correction or opts.cam_baseline):
         return
     cal = a["cal"].images
-    offset = (pooled(head, tflite_run(a["int8"], cal)[1]) - pooled(head, tflite_run(a["fp32"], cal)[1])).mean(axis=0)
-    a["head"] = bias_correct(head, a["head"], offset)
-    a["bias_correction"] = {"films": len(cal), "split": "validation (the calibration films)",
-                            "max_abs_offset": float(np.abs(offset).max()), "mean_offset": float(offset.mean())}
-    state.opts.log(f"   pooled int8 feature offset: mean {offset.mean():+.4f}, max |{np.abs(offset).max():.4f}| "
-                   f"(folded into the head)")
+    int8, fp32 = tflite_run(a["int8"], cal)[1], tflite_run(a["fp32"], cal)[1]
+    where = {"films": len(cal), "split": "validation (the calibration films)"}
+    if opts.bias_correction:
+        offset = (pooled(head, int8) - pooled(head, fp32)).mean(axis=0)
+        a["head"] = bias_correct(head, a["head"], offset)
+        a["bias_correction"] = {**where, "max_abs_offset": float(np.abs(offset).max()),
+                                "mean_offset": float(offset.mean())}
+        opts.log(f"   pooled int8 feature offset: mean {offset.mean():+.4f}, max |{np.abs(offset).max():.4f}| "
+                 f"(folded into the head)")
+    if opts.cam_baseline:
+        a["head"] = with_baseline(a["head"], int8.mean(axis=0), fp32.mean(axis=0))
+        a["cam_baseline"] = {**where, "array": "baseline", "statistic": "mean feature map"}
 
 
 def _fidelity(state: _State) -> None:
@@ -258,7 +266,8 @@ def _bundle(state: _State) -> None:
         io[MODEL_FILES["edgetpu"]] = io[MODEL_FILES["int8"]]  # the compiler keeps the input/output tensors
         files.update({MODEL_FILES["edgetpu"]: a["edgetpu_model"], "edgetpu_compiler.log": a["edgetpu_log"]})
     cam = {"head": meta["head"], "pool": HEAD_POOL[meta["head"]], "params": CAM_FILE,
-           "feature_shape": io[MODEL_FILES["int8"]]["features"]["shape"][1:], "arrays": sorted(arrays)}
+           "feature_shape": io[MODEL_FILES["int8"]]["features"]["shape"][1:], "arrays": sorted(arrays),
+           "baseline": a["cam_baseline"]}
     scoring = {"from": state.opts.scores, "activation": ACTIVATIONS[meta["task"]], "params": CAM_FILE,
                "bias_correction": a["bias_correction"]}
     prov = provenance(state.opts, meta, a["cal"], state.timings, a["batchnorm"])

@@ -9,21 +9,31 @@ as in eval mode, dropout the identity). For label c:
 2. backward from d logit_c (the class logit, for sigmoid and softmax tasks alike) to the
    pooled features, then through the pooling to A: average pooling spreads uniformly
    (1/HW per cell), max pooling sends the gradient to the arg-max cell of each channel;
-3. channel weights w_k = spatial mean of dA_k; cam = ReLU(Σ_k w_k A_k).
+3. channel weights w_k = spatial mean of dA_k; cam = ReLU(Σ_k w_k (A_k - B_k)).
 
-For the CheXNet head (global average pool -> Linear) this is exactly CAM (W_c·A up to 1/HW).
+B is the baseline feature map, the mean of A over the calibration films (convert measures it with
+the same model; ``cam_head.npz`` array ``baseline``, H×W×C): the heatmap shows where this film's
+evidence for the label exceeds that of an average film. Without it (B = 0, plain Grad-CAM) the
+map is dominated by what every chest shows: on a briefly trained phantom model the Effusion map
+peaked over the mediastinum in normal and effusion films alike. For the CheXNet head this is
+exactly CAM of logit_c(A) - logit_c(B) (W_c·(A - B) up to 1/HW); a bundle without ``baseline``
+gives plain Grad-CAM.
 
 ``cam_peak`` maps the peak back to film pixels through ``edge.preprocess.placement`` (cells that
 lie only over the padding of a non-square film are ignored). ``PEAKS``: "cell" (centre of the
-maximum cell; bilinear upsampling then argmax gives the same point) or "centroid" (default: the
-CAM-weighted centroid of the 3×3 cells around the maximum, a sub-cell estimate).
+maximum cell; bilinear upsampling then argmax gives the same point), "parabolic" (default: the
+vertex of the parabola through the maximum and its two neighbours, per axis, at most half a cell
+from the maximum's centre: the usual sub-cell refinement, which keeps a small lesion's peak in its
+cell) or "centroid" (the CAM-weighted centroid of the 3×3 cells around the maximum; it pulls the
+peak up to a cell towards strong neighbours, which suits large lesions and misses small ones).
 
 A head is plain data: a sequence of layers ``(op, parameter prefix)`` in ``HEADS``; each op
 has a forward and a backward in ``OPS``. Array names in ``cam_head.npz`` (convert.camhead writes
 them) are ``<prefix>_<param>``, or ``<param>`` without a prefix: ``weight`` (L, C) and ``bias``
 for the CheXNet head; ``bn1_scale``/``bn1_shift`` (2C), ``fc1_weight`` (Hd, 2C)/``fc1_bias``,
 ``bn2_scale``/``bn2_shift`` (Hd), ``fc2_weight`` (L, Hd)/``fc2_bias`` for the paper (fastai) head.
-An array convert bias-corrected for the int8 features also comes uncorrected as ``exact_<name>``.
+Optional ``baseline`` (H, W, C): the CAM baseline above. An array convert measured or corrected for the
+int8 features also comes as ``exact_<name>``, the value for the fp32 model's features.
 """
 
 from __future__ import annotations
@@ -37,10 +47,11 @@ from edge.bundle import Bundle
 from edge.errors import BundleError
 from edge.preprocess import PREPROCESS, placement
 
-__all__ = ["HEADS", "OPS", "PEAKS", "POOLS", "Head", "array_name", "cam_peak", "grad_cam", "grad_cams", "grad_features",
-           "head_logits", "load_head", "make_head", "upsample"]
+__all__ = ["BASELINE", "HEADS", "OPS", "PEAKS", "POOLS", "Head", "array_name", "cam_peak", "grad_cam", "grad_cams",
+           "grad_features", "head_logits", "load_head", "make_head", "upsample"]
 
 TASKS = ("multilabel", "one_vs_all")  # both explain the class logit
+BASELINE = "baseline"  # cam_head.npz: the CAM baseline feature map (optional)
 
 
 # ---------------------------------------------------------------- layers: forward(p, x), backward(p, x, dy)
@@ -137,6 +148,7 @@ class Head:
     name: str
     layers: tuple[tuple[str, dict], ...]
     task: str = "multilabel"
+    baseline: np.ndarray | None = None  # (H, W, C) CAM baseline; None: plain Grad-CAM
 
 
 def make_head(name: str, arrays: dict[str, np.ndarray], task: str = "multilabel") -> Head:
@@ -149,7 +161,8 @@ def make_head(name: str, arrays: dict[str, np.ndarray], task: str = "multilabel"
         raise KeyError(f"missing arrays {missing}")
     layers = tuple((op, {k: np.asarray(arrays[array_name(prefix, k)], np.float32) for k in OPS[op].params})
                    for op, prefix in HEADS[name])
-    return Head(name=name, layers=layers, task=task)
+    baseline = np.asarray(arrays[BASELINE], np.float32) if BASELINE in arrays else None
+    return Head(name=name, layers=layers, task=task, baseline=baseline)
 
 
 # ---------------------------------------------------------------- pure numpy: forward, backward, CAM
@@ -178,13 +191,14 @@ def grad_features(head: Head, a: np.ndarray, label_indices: Sequence[int]) -> np
 
 
 def grad_cams(head: Head, a: np.ndarray, label_indices: Sequence[int], task: str | None = None) -> np.ndarray:
-    """Grad-CAM maps (K, H, W) float32 ≥ 0 for several labels at once."""
+    """Grad-CAM maps (K, H, W) float32 ≥ 0 for several labels at once, relative to the head's baseline."""
     task = task or head.task
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
     a = np.asarray(a, np.float32)
     weights = grad_features(head, a, label_indices).mean(axis=(1, 2))  # (K, C)
-    return np.maximum(np.einsum("hwc,kc->khw", a, weights), 0).astype(np.float32)
+    relative = a if head.baseline is None else a - head.baseline
+    return np.maximum(np.einsum("hwc,kc->khw", relative, weights), 0).astype(np.float32)
 
 
 def grad_cam(head: Head, a: np.ndarray, label_index: int, task: str | None = None) -> np.ndarray:
@@ -247,10 +261,27 @@ def _peak_centroid(cam: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
     return float((win * ry).sum() / win.sum()), float((win * cx).sum() / win.sum())
 
 
-PEAKS = {"cell": _peak_cell, "centroid": _peak_centroid}
+def _peak_parabolic(cam: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
+    """Grid coordinates of the maximum refined per axis by the parabola through it and its neighbours."""
+    r, c = (int(v - 0.5) for v in _peak_cell(cam, mask))
+    m = np.pad(np.where(mask, cam, np.nan).astype(np.float64), 1, constant_values=np.nan)  # m[r + 1, c + 1] is the peak
+    return (r + 0.5 + _vertex(m[r, c + 1], m[r + 1, c + 1], m[r + 2, c + 1]),
+            c + 0.5 + _vertex(m[r + 1, c], m[r + 1, c + 1], m[r + 1, c + 2]))
 
 
-def cam_peak(cam: np.ndarray, film_shape: tuple[int, int], method: str = "centroid",
+def _vertex(before: float, peak: float, after: float) -> float:
+    """Offset in [-0.5, 0.5] of the vertex of the parabola through (-1, before), (0, peak), (1, after);
+    0 when a neighbour is missing (grid edge, padding) or the three points are not a maximum."""
+    curvature = before - 2 * peak + after
+    if not np.isfinite(curvature) or curvature >= 0:
+        return 0.0
+    return float(np.clip(0.5 * (before - after) / curvature, -0.5, 0.5))
+
+
+PEAKS = {"cell": _peak_cell, "parabolic": _peak_parabolic, "centroid": _peak_centroid}
+
+
+def cam_peak(cam: np.ndarray, film_shape: tuple[int, int], method: str = "parabolic",
              size: int | None = None) -> tuple[int, int]:
     """(x, y) film pixel of the CAM's peak; cells over the padding are ignored."""
     size = size or int(PREPROCESS["size"])
@@ -303,3 +334,6 @@ def _check_head(head: Head, bundle: Bundle, path) -> None:
         raise BundleError(f"{path}: the CAM head does not fit {c} feature channels ({err})") from None
     if logits.shape != (n_labels,):
         raise BundleError(f"{path}: the CAM head gives {logits.shape} logits for {n_labels} labels")
+    shape = tuple(bundle.spec["cam"]["feature_shape"])
+    if head.baseline is not None and head.baseline.shape != shape:
+        raise BundleError(f"{path}: the CAM baseline has shape {head.baseline.shape}, the features {shape}")

@@ -53,3 +53,18 @@ def test_bias_correction_removes_a_constant_feature_offset(head):
     before = np.abs(head_forward(head, arrays, shifted) - head_forward(head, arrays, feats)).max()
     after = np.abs(head_forward(head, corrected, shifted) - head_forward(head, arrays, feats)).max()
     assert after < 1e-4 < before
+
+
+def test_with_baseline_adds_both_feature_maps_and_edge_reads_the_one_for_its_model(tmp_path):
+    from convert.camhead import with_baseline
+    from edge.cam import make_head
+    from train.model import build_model
+
+    arrays = head_arrays(build_model(num_classes=4, head="chexnet").eval())
+    int8, fp32 = np.full((7, 7, 1024), 0.5, np.float32), np.full((7, 7, 1024), 0.4, np.float32)
+    out = with_baseline(arrays, int8, fp32)
+    assert sorted(out) == sorted([*ARRAYS["chexnet"], "baseline", "exact_baseline"])
+    assert arrays.keys() == set(ARRAYS["chexnet"])  # the input is left alone
+    save_head(out, tmp_path / CAM_FILE)
+    with np.load(tmp_path / CAM_FILE, allow_pickle=False) as saved:
+        np.testing.assert_array_equal(make_head("chexnet", dict(saved)).baseline, int8)

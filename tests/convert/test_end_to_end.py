@@ -86,6 +86,11 @@ def test_cam_head_and_provenance(bundle):
     correction = scoring["bias_correction"]  # measured on the calibration films, kept apart from the held-out ones
     assert correction["films"] == bundle.spec["provenance"]["data"]["calibration"]["films"]
     assert 0 < correction["max_abs_offset"] < 1 and "exact_bias" in cam["arrays"]
+    assert cam["baseline"]["films"] == correction["films"]  # the CAM baseline: the same calibration films
+    with np.load(bundle.path / cam["params"], allow_pickle=False) as arrays:
+        for name in ("baseline", "exact_baseline"):
+            assert arrays[name].shape == tuple(cam["feature_shape"]) and arrays[name].min() >= 0  # after a ReLU
+        assert 0 < np.abs(arrays["baseline"] - arrays["exact_baseline"]).mean() < 0.1 * arrays["baseline"].mean()
     prov = bundle.spec["provenance"]
     assert prov["data"]["kind"] == "phantom" and bundle.is_demo
     assert len(prov["checkpoint_sha256"]) == 64 and prov["versions"]["onnx2tf"]

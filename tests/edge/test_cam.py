@@ -119,6 +119,21 @@ def test_head_exported_by_convert_matches_pytorch_autograd(name):
     assert max(ref.max() for ref in refs) > 0.01
 
 
+@pytest.mark.parametrize("name", sorted(HEADS))
+def test_grad_cam_with_a_baseline_weights_the_difference_from_it(name):
+    rng = np.random.default_rng(4)
+    arrays = _random_arrays(name, rng)
+    a, baseline = _features(rng), _features(rng)
+    plain, relative = make_head(name, arrays), make_head(name, {**arrays, "baseline": baseline})
+    assert plain.baseline is None and relative.baseline.shape == a.shape
+    for label in range(L):
+        weights = grad_features(plain, a, [label])[0].mean(axis=(0, 1))  # the gradient is taken at A, as before
+        expected = np.maximum((a - baseline) @ weights, 0)
+        np.testing.assert_allclose(grad_cam(relative, a, label), expected, rtol=1e-5, atol=1e-6)
+        assert not np.allclose(grad_cam(plain, a, label), expected)
+    np.testing.assert_allclose(grad_cams(relative, baseline, range(L)), 0, atol=1e-6)  # the average film: no heat
+
+
 def test_grad_cam_refuses_unknown_task():
     head = make_head("chexnet", _random_arrays("chexnet", np.random.default_rng(0)))
     with pytest.raises(ValueError, match="task"):
@@ -134,7 +149,7 @@ def _hot(cells: dict[tuple[int, int], float], grid: int = 7) -> np.ndarray:
     return cam
 
 
-@pytest.mark.parametrize("method", ["cell", "centroid"])
+@pytest.mark.parametrize("method", ["cell", "parabolic", "centroid"])
 def test_peak_of_a_single_hot_cell_is_its_centre_on_a_square_film(method):
     x, y = cam_peak(_hot({(2, 5): 1.0}), (1024, 1024), method=method)
     assert (x, y) == (int(5.5 * 1024 / 7), int(2.5 * 1024 / 7))
@@ -158,6 +173,18 @@ def test_peak_mapping_removes_the_padding_of_a_wide_film():
 def test_centroid_peak_falls_between_two_equal_cells():
     x, y = cam_peak(_hot({(3, 3): 1.0, (3, 4): 1.0}), (700, 700), method="centroid")
     assert abs(x - 400) <= 1 and abs(y - 350) <= 1  # the shared edge of columns 3 and 4 is at x = 4/7 * 700
+
+
+def test_parabolic_peak_moves_towards_the_stronger_neighbour_by_at_most_half_a_cell():
+    cell = 1024 / 7
+    x, y = cam_peak(_hot({(3, 3): 1.0, (3, 2): 0.5, (3, 4): 0.5, (2, 3): 0.2, (4, 3): 0.2}), (1024, 1024))
+    assert (x, y) == (int(3.5 * cell), int(3.5 * cell))  # symmetric neighbours: the cell centre
+    x, y = cam_peak(_hot({(3, 3): 1.0, (3, 4): 0.6, (2, 3): 0.5}), (1024, 1024))  # parabolic is the default
+    assert x == int((3.5 + 0.6 / (2 * 1.4)) * cell) and y == int((3.5 - 0.5 / (2 * 1.5)) * cell)
+    x, _ = cam_peak(_hot({(3, 3): 1.0, (3, 4): 1.0}), (1024, 1024))
+    assert x == int(4.0 * cell)  # two equal cells: their shared edge, no further
+    x, y = cam_peak(_hot({(0, 6): 1.0, (0, 5): 0.9, (1, 6): 0.9}), (1024, 1024))
+    assert (x, y) == (int(6.5 * cell), int(0.5 * cell))  # a corner cell lacks a neighbour on each axis: not refined
 
 
 def test_upsample_is_constant_for_a_constant_cam_and_peaks_at_the_hot_cell():
@@ -189,6 +216,16 @@ def test_load_head_reads_the_bundle_head(tmp_path, name):
     a = _features(np.random.default_rng(7))
     np.testing.assert_allclose(head_logits(head, a), head_logits(make_head(name, arrays), a))
     assert head.name == name and head.task == "multilabel"
+
+
+def test_load_head_reads_the_baseline_and_its_exact_twin_and_checks_its_shape(tmp_path):
+    arrays = _random_arrays("chexnet", np.random.default_rng(0))
+    int8, fp32 = np.full((7, 7, C), 1.0, np.float32), np.full((7, 7, C), 2.0, np.float32)
+    bundle = _bundle(tmp_path, "chexnet", {**arrays, "baseline": int8, "exact_baseline": fp32})
+    np.testing.assert_array_equal(load_head(bundle).baseline, int8)
+    np.testing.assert_array_equal(load_head(bundle, exact=True).baseline, fp32)
+    with pytest.raises(BundleError, match="baseline has shape"):
+        load_head(_bundle(tmp_path, "chexnet", {**arrays, "baseline": np.ones((3, 3, C), np.float32)}))
 
 
 def test_load_head_names_a_missing_array(tmp_path):
