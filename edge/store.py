@@ -11,7 +11,9 @@ again on the next run and its row replaced; an ``ok`` row is final.
 
 Writers: ``OutLock`` takes an exclusive ``flock`` on ``OUT/.scan.lock``: a second scan into the
 same folder is refused with the first one's pid. SQLite's own locking (busy timeout) is the
-second line of defence, so the database is never corrupted even without the lock.
+second line of defence, so the database is never corrupted even without the lock. Files are
+written whole (``atomic_writer``: ``.NAME.tmp-PID``, then a rename); a writer killed mid-write
+leaves its temp file, and the next one to take the lock removes such leftovers of other pids.
 
 Disk full (``database or disk is full`` / ENOSPC) becomes a ``StoreError`` that says so; what
 was committed stays, and the next run resumes after it.
@@ -24,6 +26,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -36,7 +39,7 @@ import numpy as np
 from edge.errors import StoreError
 
 __all__ = ["DB_NAME", "LOCK_NAME", "OVERLAYS", "FilmResult", "OutLock", "Store", "atomic_write_bytes",
-           "atomic_write_text", "atomic_writer", "csv_safe", "is_disk_full", "output_error"]
+           "atomic_write_text", "atomic_writer", "csv_safe", "is_disk_full", "output_error", "remove_stale_temp_files"]
 
 DB_NAME = "results.sqlite"
 LOCK_NAME = ".scan.lock"
@@ -327,6 +330,27 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+_TEMP = re.compile(r"^\..+\.tmp-(\d+)$")  # atomic_writer's temp names
+
+
+def remove_stale_temp_files(*folders: Path) -> list[Path]:
+    """Remove the temp files of killed writers (``.NAME.tmp-PID`` of another pid) in ``folders``; call it
+    holding the OutLock, so no other writer is alive. Returns what was removed; errors are ignored."""
+    removed = []
+    for folder in folders:
+        try:
+            names = [p for p in folder.iterdir() if (m := _TEMP.match(p.name)) and int(m[1]) != os.getpid()]
+        except OSError:
+            continue
+        for path in names:
+            try:
+                path.unlink()
+                removed.append(path)
+            except OSError:
+                pass
+    return removed
+
+
 class OutLock:
     """Exclusive ``flock`` on ``OUT/.scan.lock`` held for a whole scan; released by the kernel if killed."""
 
@@ -361,6 +385,8 @@ class OutLock:
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         except OSError:
             pass
+        remove_stale_temp_files(self.out_dir, self.out_dir / OVERLAYS)
+
 
     def release(self) -> None:
         if self._fd is not None:

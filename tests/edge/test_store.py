@@ -151,6 +151,18 @@ with Store(sys.argv[1]) as s:
 """
 
 
+def test_taking_the_lock_removes_temp_files_of_killed_writers_and_nothing_else(tmp_path):
+    (tmp_path / "overlays").mkdir()
+    stale = [tmp_path / ".results.csv.tmp-99999999", tmp_path / "overlays" / ".a-1-2-Mass.png.tmp-4242"]
+    kept = [tmp_path / "results.csv", tmp_path / ".notes.tmp-draft", tmp_path / "x.png.tmp-12",
+            tmp_path / f".results.jsonl.tmp-{os.getpid()}"]  # this process's own temp file is not stale
+    for path in stale + kept:
+        path.write_text("x")
+    with OutLock(tmp_path):
+        assert [p for p in stale if p.exists()] == []
+        assert all(p.exists() for p in kept)
+
+
 def test_two_writers_without_the_lock_never_corrupt(tmp_path):
     """SQLite's own locking is the second line of defence: interleaved commits, all kept, file intact."""
     db = tmp_path / "r.sqlite"
