@@ -9,11 +9,13 @@ opacity that grows with the heat, so a cold region shows the plain film.
 from __future__ import annotations
 
 import functools
-import os
+import io
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from edge.store import atomic_write_bytes
 
 __all__ = ["ALPHA", "MAX_SIDE", "jet", "overlay", "overlay_shape", "save_overlay_png"]
 
@@ -102,16 +104,8 @@ def _annotate(rgb: np.ndarray, label: str | None, peak: tuple[int, int] | None, 
 
 
 def save_overlay_png(path: str | Path, film: np.ndarray, cam_film: np.ndarray, **kwargs) -> Path:
-    """Write ``overlay(film, cam_film, **kwargs)`` to ``path`` as PNG atomically (temp file, fsync, rename)."""
-    path = Path(path)
-    rgb = overlay(film, cam_film, **kwargs)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            Image.fromarray(rgb).save(f, format="PNG", compress_level=PNG_LEVEL)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    """Write ``overlay(film, cam_film, **kwargs)`` to ``path`` as PNG atomically (edge.store.atomic_write_bytes)."""
+    buf = io.BytesIO()
+    Image.fromarray(overlay(film, cam_film, **kwargs)).save(buf, format="PNG", compress_level=PNG_LEVEL)
+    atomic_write_bytes(path, buf.getvalue())
+    return Path(path)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import io
 import queue
 import sys
 import threading
@@ -30,13 +29,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-from PIL import Image
 
 from edge.errors import EdgeError, FilmError, StoreError
 from edge.preprocess import preprocess
 from edge.progress import Progress, StopOnSignal, run_main
 from edge.report import export_all, summary_text
-from edge.store import DB_NAME, OVERLAYS, FilmResult, OutLock, Store, atomic_write_bytes, output_error
+from edge.store import DB_NAME, OVERLAYS, FilmResult, OutLock, Store, output_error
 from edge.walk import collect, hash_film_file, path_text
 
 __all__ = ["CAM_MODES", "CamExplainer", "Explainer", "Prepared", "ScanContext", "Summary", "main", "overlay_name",
@@ -77,10 +75,7 @@ class CamExplainer:
                       peak: tuple[int, int]) -> None:
         """PNG at most OVERLAY_SIDE px, fast zlib level (a 1024 px level-6 PNG costs several invokes)."""
         cam_film = self._cam.upsample(cam, self._overlay.overlay_shape(film.shape, OVERLAY_SIDE))
-        rgb = self._overlay.overlay(film, cam_film, label=label, peak=peak, max_side=OVERLAY_SIDE)
-        buf = io.BytesIO()
-        Image.fromarray(rgb).save(buf, format="PNG", compress_level=1)
-        atomic_write_bytes(path, buf.getvalue())
+        self._overlay.save_overlay_png(path, film, cam_film, label=label, peak=peak, max_side=OVERLAY_SIDE)
 
 
 @dataclass

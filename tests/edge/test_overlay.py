@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import edge.overlay as overlay_mod
+import edge.store as store_mod
 from edge.cam import cam_peak, upsample
 from edge.overlay import jet, overlay, overlay_shape, save_overlay_png
 
@@ -85,7 +85,7 @@ def test_a_failed_write_keeps_the_previous_overlay_and_cleans_up(tmp_path, monke
 
     def full_disk(src, dst):
         raise OSError(28, "No space left on device")
-    monkeypatch.setattr(overlay_mod.os, "replace", full_disk)
+    monkeypatch.setattr(store_mod.os, "replace", full_disk)
     with pytest.raises(OSError, match="No space"):
         save_overlay_png(path, film, np.ones((50, 50)))
     assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["o.png"]
