@@ -92,7 +92,7 @@ def bias_correct(head: str, arrays: dict[str, np.ndarray], offset: np.ndarray) -
     """Arrays with the pooled-feature ``offset`` (int8 minus fp32, length P) folded in; see the module doc."""
     name = _CORRECTED[head]
     out = dict(arrays)
-    out[f"exact_{name}"] = arrays[name]
+    out[f"{EXACT_PREFIX}{name}"] = arrays[name]
     if head == "chexnet":
         out[name] = (arrays["bias"] - arrays["weight"].astype(np.float64) @ offset).astype(np.float32)
     else:

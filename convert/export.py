@@ -49,9 +49,6 @@ INPUT_NAME = "pixels"
 OUTPUT_NAMES = ("scores", "features")
 OPSET = 17
 
-# task -> how logits become scores: the bundle contract's table (plain data, looked up, never an if-chain)
-ACTIVATIONS = TASK_ACTIVATION
-
 
 def make_wrapper(model, task: str):
     """An nn.Module: NHWC raw pixels (uint8 or float) -> (scores, NHWC features)."""
@@ -60,9 +57,9 @@ def make_wrapper(model, task: str):
 
     from edge.preprocess import MEAN, STD
 
-    if task not in ACTIVATIONS:
-        raise ValueError(f"unknown task {task!r}; expected one of {sorted(ACTIVATIONS)}")
-    activation = ACTIVATIONS[task]
+    if task not in TASK_ACTIVATION:  # the bundle contract's table: plain data, looked up, never an if-chain
+        raise ValueError(f"unknown task {task!r}; expected one of {sorted(TASK_ACTIVATION)}")
+    activation = TASK_ACTIVATION[task]
 
     class PixelsToScores(nn.Module):
         def __init__(self) -> None:

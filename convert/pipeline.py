@@ -71,7 +71,7 @@ def _step(state: _State, name: str) -> Iterator[None]:
 
 
 def _load_checkpoint(state: _State) -> None:
-    from convert.export import ACTIVATIONS
+    from edge.bundle import TASK_ACTIVATION
     from edge.preprocess import PREPROCESS, spec_matches
     from train.checkpoint import CheckpointError, model_from_checkpoint
 
@@ -82,8 +82,8 @@ def _load_checkpoint(state: _State) -> None:
         raise ConvertError(str(err)) from None
     if meta["arch"] not in SUPPORTED_ARCHS:
         raise ConvertError(f"{path}: architecture {meta['arch']!r} cannot be converted (supported: {SUPPORTED_ARCHS})")
-    if meta["task"] not in ACTIVATIONS:
-        raise ConvertError(f"{path}: unknown task {meta['task']!r} (expected one of {sorted(ACTIVATIONS)})")
+    if meta["task"] not in TASK_ACTIVATION:
+        raise ConvertError(f"{path}: unknown task {meta['task']!r} (expected one of {sorted(TASK_ACTIVATION)})")
     if not spec_matches(meta["preprocess"]):
         raise ConvertError(f"{path}: trained with preprocessing {meta['preprocess']}, but edge implements "
                            f"{PREPROCESS}; retrain at {PREPROCESS['size']} px")
@@ -253,8 +253,8 @@ def _edgetpu(state: _State) -> None:
 def _bundle(state: _State) -> None:
     from convert.bundle import MODEL_FILES, build_spec, tflite_io, write_bundle
     from convert.camhead import CAM_FILE, HEAD_POOL, save_head
-    from convert.export import ACTIVATIONS
     from convert.provenance import provenance
+    from edge.bundle import TASK_ACTIVATION
 
     a, meta = state.art, state.art["meta"]
     arrays = a["head"]
@@ -268,7 +268,7 @@ def _bundle(state: _State) -> None:
     cam = {"head": meta["head"], "pool": HEAD_POOL[meta["head"]], "params": CAM_FILE,
            "feature_shape": io[MODEL_FILES["int8"]]["features"]["shape"][1:], "arrays": sorted(arrays),
            "baseline": a["cam_baseline"]}
-    scoring = {"from": state.opts.scores, "activation": ACTIVATIONS[meta["task"]], "params": CAM_FILE,
+    scoring = {"from": state.opts.scores, "activation": TASK_ACTIVATION[meta["task"]], "params": CAM_FILE,
                "bias_correction": a["bias_correction"]}
     prov = provenance(state.opts, meta, a["cal"], state.timings, a["batchnorm"])
     spec = build_spec(meta, io, cam, {"scoring": scoring, "provenance": prov, "fidelity": a["fidelity"],

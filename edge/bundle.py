@@ -35,7 +35,9 @@ A bundle is a folder::
     models            {"int8": file, "fp32": file or null, "edgetpu": file or null}
     cam               {"head": "chexnet" | "paper", "pool": "avg" | "concat-max-avg",
                        "params": "cam_head.npz", "feature_shape": [7, 7, 1024],
-                       "arrays": names in cam_head.npz (convert/camhead.py documents them)}
+                       "arrays": names in cam_head.npz (convert/camhead.py documents them),
+                       "baseline": {"films", "split", ...} when cam_head.npz holds the CAM baseline
+                       (the calibration films' mean feature map, edge.cam) or null}
     files             {file name: sha256 hex} for every other file in the bundle
     provenance        {"checkpoint_sha256", "training_config", "training_metrics",
                        "data": {"kind": "phantom" | "nih" | ..., ...}, "versions", "created"}

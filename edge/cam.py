@@ -301,8 +301,8 @@ def load_head(bundle: Bundle, exact: bool = False) -> Head:
     """The CAM head described by bundle.json ``cam`` and its parameter file (checksummed by load_bundle).
 
     convert folds the int8 features' mean offset into the head (convert.camhead, bias correction)
-    and keeps each changed array's uncorrected value as ``exact_<name>``: ``exact=True`` gives
-    the uncorrected head, the one for the fp32 model's features."""
+    and measures the CAM baseline on the int8 features, keeping the fp32 model's values as
+    ``exact_<name>``: ``exact=True`` gives the head for the fp32 model's features."""
     cam = bundle.spec["cam"]
     path = bundle.path / cam["params"]
     if cam["params"] not in bundle.spec["files"]:

@@ -333,10 +333,9 @@ def fsync_dir(path: Path) -> None:
 _TEMP = re.compile(r"^\..+\.tmp-(\d+)$")  # atomic_writer's temp names
 
 
-def remove_stale_temp_files(*folders: Path) -> list[Path]:
+def remove_stale_temp_files(*folders: Path) -> None:
     """Remove the temp files of killed writers (``.NAME.tmp-PID`` of another pid) in ``folders``; call it
-    holding the OutLock, so no other writer is alive. Returns what was removed; errors are ignored."""
-    removed = []
+    holding the OutLock, so no other writer is alive. Errors are ignored."""
     for folder in folders:
         try:
             names = [p for p in folder.iterdir() if (m := _TEMP.match(p.name)) and int(m[1]) != os.getpid()]
@@ -345,10 +344,8 @@ def remove_stale_temp_files(*folders: Path) -> list[Path]:
         for path in names:
             try:
                 path.unlink()
-                removed.append(path)
             except OSError:
                 pass
-    return removed
 
 
 class OutLock:
@@ -386,7 +383,6 @@ class OutLock:
         except OSError:
             pass
         remove_stale_temp_files(self.out_dir, self.out_dir / OVERLAYS)
-
 
     def release(self) -> None:
         if self._fd is not None:

@@ -104,12 +104,14 @@ def cam_figures(checkpoint, bundle_dir, phantom_set) -> dict:
             flat += r is None
             corr += [] if r is None else [r]
             peaks = {method: cam_peak(cam, film.shape, method=method) for method in PEAKS}
-            pointing += any(_inside(cam_peak(cam, film.shape), box) for lab, box in boxes if lab == label)
-            for box in (box for lab, box in boxes if lab == label):
-                for method, peak in peaks.items():
-                    inside[method] += _inside(peak, box)
-                inside_fp32 += _inside(cam_peak(ref, film.shape), box)
-                hit = _inside(cam_peak(cam, film.shape), box)
+            peak, ref_peak = cam_peak(cam, film.shape), cam_peak(ref, film.shape)  # the default method
+            label_boxes = [box for lab, box in boxes if lab == label]
+            pointing += any(_inside(peak, box) for box in label_boxes)
+            for box in label_boxes:
+                for method, p in peaks.items():
+                    inside[method] += _inside(p, box)
+                inside_fp32 += _inside(ref_peak, box)
+                hit = _inside(peak, box)
                 per_label[label] = [a + b for a, b in zip(per_label.get(label, [0, 0]), (hit, 1), strict=True)]
                 n += 1
     figures = {"films": len(lesions), "lesions": n, "cams": len(corr) + flat, "flat": flat,
