@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["HEADS", "DenseNet121", "build_model", "load_pretrained"]
+__all__ = ["HEADS", "DenseBlock", "DenseLayer", "DenseNet121", "build_model", "load_pretrained"]
 
 # Plain data, not code: one entry per supported architecture.
 ARCHS = {
@@ -29,7 +29,7 @@ ARCHS = {
 }
 
 
-class _DenseLayer(nn.Module):
+class DenseLayer(nn.Module):
     def __init__(self, num_input_features: int, growth_rate: int, bn_size: int, drop_rate: float):
         super().__init__()
         self.norm1 = nn.BatchNorm2d(num_input_features)
@@ -41,7 +41,10 @@ class _DenseLayer(nn.Module):
         self.drop_rate = drop_rate
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
-        x = torch.cat(features, 1)
+        return self.new_features(torch.cat(features, 1))
+
+    def new_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The layer's ``growth_rate`` new channels from the concatenation ``x`` of all earlier ones."""
         x = self.conv1(self.relu1(self.norm1(x)))
         x = self.conv2(self.relu2(self.norm2(x)))
         if self.drop_rate > 0:
@@ -49,12 +52,12 @@ class _DenseLayer(nn.Module):
         return x
 
 
-class _DenseBlock(nn.ModuleDict):
+class DenseBlock(nn.ModuleDict):
     def __init__(self, num_layers: int, num_input_features: int, bn_size: int, growth_rate: int,
                  drop_rate: float):
         super().__init__()
         for i in range(num_layers):
-            layer = _DenseLayer(num_input_features + i * growth_rate, growth_rate, bn_size, drop_rate)
+            layer = DenseLayer(num_input_features + i * growth_rate, growth_rate, bn_size, drop_rate)
             self.add_module(f"denselayer{i + 1}", layer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -83,7 +86,7 @@ def _make_features(growth_rate: int, block_config: tuple[int, ...], num_init_fea
     )
     n = num_init_features
     for i, num_layers in enumerate(block_config):
-        layers[f"denseblock{i + 1}"] = _DenseBlock(num_layers, n, bn_size, growth_rate, drop_rate)
+        layers[f"denseblock{i + 1}"] = DenseBlock(num_layers, n, bn_size, growth_rate, drop_rate)
         n += num_layers * growth_rate
         if i != len(block_config) - 1:
             layers[f"transition{i + 1}"] = _Transition(n, n // 2)

@@ -39,6 +39,8 @@ def test_onnx_matches_pytorch_on_real_films(model, films, tmp_path):
     assert np.abs(feats - ref_feats).max() <= 1e-3 * max(1.0, float(np.abs(ref_feats).max()))
     assert (feats >= 0).all()  # after the final ReLU
     _assert_zero_padded_pooling(graph)
+    concats = [n for n in graph.node if n.op_type == "Concat"]
+    assert len(concats) == 58 + 1 and all(len(n.input) == 2 for n in concats)  # dense layers; the paper head's pool
 
 
 def _assert_zero_padded_pooling(graph) -> None:
@@ -83,7 +85,7 @@ def test_int8_friendly_rewrites_keep_the_values(head):
     import torch
 
     from convert.export import int8_friendly
-    from train.model import build_model
+    from train.model import DenseBlock, DenseLayer, build_model
 
     model = build_model(num_classes=5, head=head).eval()
     _randomise_batchnorms(model)
@@ -92,6 +94,9 @@ def test_int8_friendly_rewrites_keep_the_values(head):
     assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in friendly.modules()) == 1 + 58
     assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in friendly.modules())
     assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) == 121  # the original is untouched
+    # every dense block concatenates as it goes: 58 two-input concatenations, no list of earlier outputs
+    assert not any(isinstance(m, DenseBlock) for m in friendly.modules())
+    assert sum(isinstance(m, DenseLayer) for m in friendly.modules()) == 58
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         a, b = model.forward_features(x), friendly.forward_features(x)
