@@ -2,12 +2,16 @@
 
 Measured on this machine with the bundle's int8 model (and its fp32 TFLite model when present):
 
-- invoke time of the interpreter (median of ``--repeat`` runs on a real film) and bare-invoke films/s;
+- invoke time of the interpreter (median of ``--repeat`` runs on a real film) on all cores and on one,
+  and bare-invoke films/s with the scans' interpreter threads (``--threads``, default all cores as in
+  ``edge.scan``): the scan's throughput is compared with the same interpreter doing nothing but invoke;
 - CPU Grad-CAM time per film (one label, and three labels with peak and 1024 px upsampling), as a
   share of the invoke time;
 - end-to-end films/s of ``python -m edge.scan`` on 1024² PNG films (decode, hash, preprocess,
   invoke, CAM, overlays, SQLite commit per film), with the fixed start-up cost (imports, bundle
-  verification, exports) measured on an empty folder and taken out;
+  verification, exports) measured on an empty folder and taken out; also without overlays, and with
+  a one-thread interpreter (its ratio to one-thread bare invoke shows what the pipeline hides when
+  decoding and overlays have a core of their own);
 - peak memory (``ru_maxrss`` of the scan process, from ``os.wait4``) of a scan of 50 and of 500
   films: it should be flat, not grow with the number of films;
 - import time of ``edge.runtime`` and ``edge.scan`` in a fresh interpreter.
@@ -103,18 +107,23 @@ def _cam_ms(bundle, features: np.ndarray, repeat: int) -> dict[str, float]:
             "cam_three_labels_peak_upsample_ms": _median_ms(three, repeat)}
 
 
-def timings(bundle, film: Path, threads: int | None, repeat: int) -> dict[str, float]:
+def timings(bundle, film: Path, threads: int, repeat: int) -> dict[str, float]:
+    """Invoke times on all cores, on one, and on ``threads`` (the scans'): bare-invoke films/s at ``threads``."""
     from edge.preprocess import preprocess
+    from edge.runtime import usable_cores
 
     x = preprocess(np.asarray(Image.open(film).convert("L")))
+    cores = usable_cores()
     out: dict[str, float] = {}
-    out["int8_invoke_ms"], pred = _invoke_ms(bundle, x, "int8", threads, repeat)
+    out["int8_invoke_ms"], pred = _invoke_ms(bundle, x, "int8", cores, repeat)
     out["int8_invoke_1thread_ms"], _ = _invoke_ms(bundle, x, "int8", 1, repeat)
     if bundle.model_path("fp32") is not None:
-        out["fp32_tflite_invoke_ms"], _ = _invoke_ms(bundle, x, "fp32", threads, repeat)
+        out["fp32_tflite_invoke_ms"], _ = _invoke_ms(bundle, x, "fp32", cores, repeat)
     out.update(_cam_ms(bundle, pred.features, repeat))
     out["cam_share_of_invoke"] = out["cam_one_label_ms"] / out["int8_invoke_ms"]
-    out["bare_invoke_films_per_s"] = 1000.0 / out["int8_invoke_ms"]
+    out["scan_threads"] = threads
+    scan_ms = {cores: out["int8_invoke_ms"], 1: out["int8_invoke_1thread_ms"]}.get(threads)
+    out["bare_invoke_films_per_s"] = 1000.0 / (scan_ms or _invoke_ms(bundle, x, "int8", threads, repeat)[0])
     return out
 
 
@@ -135,10 +144,10 @@ def _run_child(argv: list[str]) -> tuple[float, float]:
     return wall, usage.ru_maxrss / 1024.0  # Linux: KiB
 
 
-def _scan(bundle: Path, films: Path, out: Path, threads: int | None, *extra: str) -> tuple[float, float]:
+def _scan(bundle: Path, films: Path, out: Path, threads: int, *extra: str) -> tuple[float, float]:
     argv = [sys.executable, "-m", "edge.scan", str(films), "--bundle", str(bundle), "--out", str(out), "--quiet",
-            "--device", "cpu", *extra]
-    return _run_child(argv + (["--threads", str(threads)] if threads else []))
+            "--device", "cpu", "--threads", str(threads), *extra]
+    return _run_child(argv)
 
 
 def import_seconds(module: str, repeat: int = 3) -> float:
@@ -150,9 +159,12 @@ def import_seconds(module: str, repeat: int = 3) -> float:
     return statistics.median(times)
 
 
-def scan_figures(bundle: Path, sources: list[Path], work: Path, threads: int | None,
+def scan_figures(bundle: Path, sources: list[Path], work: Path, threads: int,
                  counts: tuple[int, ...]) -> dict[str, float]:
-    """Start-up cost, end-to-end films/s and peak memory of scans of ``counts`` films."""
+    """Start-up cost, end-to-end films/s and peak memory of scans of ``counts`` films with ``threads``
+    interpreter threads; for THROUGHPUT_FILMS also without overlays, and with a one-thread interpreter
+    when ``threads`` > 1 (decoding and overlays then have the other cores to themselves)."""
+
     (work / "empty").mkdir()
     startup, _ = _scan(bundle, work / "empty", work / "out-empty", threads)
     films = work / "films"
@@ -170,6 +182,9 @@ def scan_figures(bundle: Path, sources: list[Path], work: Path, threads: int | N
         if n == THROUGHPUT_FILMS:
             wall, _ = _scan(bundle, folder, work / f"out-{n}-no-overlays", threads, "--no-overlays")
             fig[f"scan_{n}_no_overlays_films_per_s"] = n / max(wall - startup, 1e-9)
+            if threads > 1:
+                wall, _ = _scan(bundle, folder, work / f"out-{n}-1thread", 1)
+                fig[f"scan_{n}_1thread_films_per_s"] = n / max(wall - startup, 1e-9)
     return fig
 
 
@@ -190,6 +205,9 @@ def _report(fig: dict[str, float]) -> str:
     key = f"scan_{THROUGHPUT_FILMS}_films_per_s"
     if key in fig:
         fig["scan_over_bare_invoke"] = fig[key] / fig["bare_invoke_films_per_s"]
+    key = f"scan_{THROUGHPUT_FILMS}_1thread_films_per_s"
+    if key in fig:
+        fig["scan_1thread_over_bare_invoke_1thread"] = fig[key] * fig["int8_invoke_1thread_ms"] / 1000.0
     lines = [f"  {name:36s} {value:10.3f}" for name, value in fig.items()]
     lines += [f"  target {name:29s} {'met' if ok else 'NOT met'} ({value:.3f})" for name, value, ok in _targets(fig)]
     return "\n".join(lines)
@@ -200,7 +218,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE, help=f"model bundle (default {DEFAULT_BUNDLE})")
     p.add_argument("--films", type=Path, action="append", help="folder of PNG films to build the test films from "
                    "(default: the demo's phantom films)")
-    p.add_argument("--threads", type=int, default=None, help="interpreter threads (default: all cores)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="interpreter threads of the scans (default: all cores, as the scan's own default)")
     p.add_argument("--repeat", type=int, default=30, help="timed runs per in-process figure")
     p.add_argument("--counts", type=int, nargs="+", default=list(MEMORY_COUNTS),
                    help="scan sizes for throughput and peak memory (default 50 500)")
@@ -210,15 +229,17 @@ def _parser() -> argparse.ArgumentParser:
 
 def _run(args: argparse.Namespace) -> int:
     from edge.bundle import load_bundle
+    from edge.runtime import usable_cores
 
     if not (args.bundle / "bundle.json").is_file():
         raise EdgeError(f"no model bundle at {args.bundle}: {_NEEDS_DEMO}")
     bundle = load_bundle(args.bundle)
     sources = _sources(args.films or list(DEFAULT_FILMS))
     fig = {"import_edge_runtime_s": import_seconds("edge.runtime"), "import_edge_scan_s": import_seconds("edge.scan")}
-    fig.update(timings(bundle, sources[0], args.threads, args.repeat))
+    threads = args.threads or usable_cores()
+    fig.update(timings(bundle, sources[0], threads, args.repeat))
     with tempfile.TemporaryDirectory(prefix="edge-bench-") as work:
-        fig.update(scan_figures(args.bundle, sources, Path(work), args.threads, tuple(sorted(set(args.counts)))))
+        fig.update(scan_figures(args.bundle, sources, Path(work), threads, tuple(sorted(set(args.counts)))))
     print(f"edge.bench: bundle {args.bundle} ({bundle.sha256[:12]}), {os.cpu_count()} CPUs, films {FILM_SIDE}²")
     print(_report(fig))
     if args.json:

@@ -9,7 +9,8 @@ opacity that grows with the heat, so a cold region shows the plain film.
 from __future__ import annotations
 
 import functools
-import io
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -17,11 +18,12 @@ from PIL import Image, ImageDraw
 
 from edge.store import atomic_write_bytes
 
-__all__ = ["ALPHA", "MAX_SIDE", "jet", "overlay", "overlay_shape", "save_overlay_png"]
+__all__ = ["ALPHA", "MAX_SIDE", "jet", "overlay", "overlay_shape", "png_bytes", "save_overlay_png"]
 
 MAX_SIDE = 1024
 ALPHA = 0.5  # opacity of the hottest point
-PNG_LEVEL = 1  # zlib level: 4x faster than Pillow's default 6 on noisy films, files ~15% larger
+PNG_LEVEL = 1  # zlib level: 4x faster than level 6 on noisy films, files ~15% larger
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def overlay_shape(film_shape: tuple[int, int], max_side: int = MAX_SIDE) -> tuple[int, int]:
@@ -103,9 +105,29 @@ def _annotate(rgb: np.ndarray, label: str | None, peak: tuple[int, int] | None, 
     return np.asarray(img)
 
 
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def png_bytes(rgb: np.ndarray, level: int = PNG_LEVEL) -> bytes:
+    """An (H, W, 3) uint8 picture as an 8-bit RGB PNG, every row with PNG's Up filter (the row above
+    subtracted), then zlib at ``level``. Pillow tries all five filters on every row, which on a noisy
+    film costs more than the compression: this writes the same size of file in half the time."""
+    rgb = np.ascontiguousarray(rgb)
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8 or 0 in rgb.shape:
+        raise ValueError(f"expected an (H, W, 3) uint8 picture, got {rgb.dtype} of shape {rgb.shape}")
+    h, w, _ = rgb.shape
+    rows = rgb.reshape(h, w * 3)
+    filtered = np.empty((h, w * 3 + 1), np.uint8)
+    filtered[0, 0], filtered[0, 1:] = 0, rows[0]  # filter None on the first row
+    filtered[1:, 0] = 2  # Up
+    np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:])  # modulo 256, as PNG defines it
+    header = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)  # 8 bits, truecolour, deflate, filtering, no interlace
+    return (_PNG_SIGNATURE + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(filtered.tobytes(), level))
+            + _chunk(b"IEND", b""))
+
+
 def save_overlay_png(path: str | Path, film: np.ndarray, cam_film: np.ndarray, **kwargs) -> Path:
     """Write ``overlay(film, cam_film, **kwargs)`` to ``path`` as PNG atomically (edge.store.atomic_write_bytes)."""
-    buf = io.BytesIO()
-    Image.fromarray(overlay(film, cam_film, **kwargs)).save(buf, format="PNG", compress_level=PNG_LEVEL)
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, png_bytes(overlay(film, cam_film, **kwargs)))
     return Path(path)

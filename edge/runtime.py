@@ -41,7 +41,7 @@ from edge.cam import Head, head_logits, load_head
 from edge.errors import BundleError, EdgeError, RuntimeMissingError
 
 __all__ = ["DEVICES", "KINDS", "Model", "Prediction", "dequantize", "input_tensor", "open_model", "output_tensor",
-           "quantize", "scores_from_logits", "set_input"]
+           "quantize", "scores_from_logits", "set_input", "usable_cores"]
 
 DEVICES = ("auto", "cpu", "edgetpu")
 KINDS = ("int8", "fp32")
@@ -255,7 +255,8 @@ def _interpreter_module() -> tuple[Any, str]:
     raise RuntimeMissingError(_INSTALL_RUNTIME)
 
 
-def _default_threads() -> int:
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask where the OS has one)."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:
@@ -330,7 +331,7 @@ def open_model(bundle: Bundle | str | Path, device: str = "auto", threads: int |
     used, delegate, notes = _choose_device(module, bundle, device, kind)
     if bundle.model_path(kind) is None:
         raise BundleError(f"{bundle.path}: the bundle has no {kind} model")
-    threads = threads or _default_threads()
+    threads = threads or usable_cores()
     interpreter = _make_interpreter(module, bundle.model_path("edgetpu" if used == "edgetpu" else kind), threads,
                                     delegate)
     model = Model(bundle=bundle, kind=kind, device=used, runtime=runtime, threads=threads, interpreter=interpreter,

@@ -43,7 +43,7 @@ __all__ = ["CAM_MODES", "CamExplainer", "Explainer", "Prepared", "ScanContext", 
 CAM_MODES = ("top", "all", "none")
 _QUEUE_DEPTH = 2
 _STEM_MAX = 48
-OVERLAY_SIDE = 768  # px, longer side of an overlay PNG
+OVERLAY_SIDE = 512  # px, longer side of an overlay PNG: the 7×7 heatmap needs no more, and it fits a Pi's screen
 
 
 class Explainer(Protocol):

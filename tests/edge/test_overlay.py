@@ -8,7 +8,7 @@ from PIL import Image
 
 import edge.store as store_mod
 from edge.cam import cam_peak, upsample
-from edge.overlay import jet, overlay, overlay_shape, save_overlay_png
+from edge.overlay import jet, overlay, overlay_shape, png_bytes, save_overlay_png
 
 
 def test_jet_runs_from_blue_through_green_to_red():
@@ -76,6 +76,25 @@ def test_save_overlay_png_writes_a_png_and_leaves_no_temporary_file(tmp_path):
     with Image.open(path) as img:
         assert img.format == "PNG" and img.mode == "RGB" and img.size == (80, 100)
     assert [p.name for p in tmp_path.iterdir()] == ["o.png"]
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 3), (2, 3, 3), (37, 53, 3), (300, 200, 3)])
+def test_png_bytes_decode_to_the_same_pixels(shape, tmp_path):
+    rgb = np.random.default_rng(sum(shape)).integers(0, 256, shape, dtype=np.uint8)
+    rgb[::5] = 255 - rgb[::5]  # rows far from the row above: the Up filter must wrap modulo 256
+    path = tmp_path / "x.png"
+    path.write_bytes(png_bytes(rgb))
+    with Image.open(path) as img:
+        img.load()  # Pillow checks every chunk's CRC
+        assert img.format == "PNG" and img.mode == "RGB"
+        assert np.array_equal(np.asarray(img), rgb)
+
+
+def test_png_bytes_refuses_what_is_not_an_rgb_picture():
+    for bad in (np.zeros((4, 4), np.uint8), np.zeros((4, 4, 4), np.uint8), np.zeros((4, 4, 3), np.float32),
+                np.zeros((0, 4, 3), np.uint8)):
+        with pytest.raises(ValueError, match="uint8 picture"):
+            png_bytes(bad)
 
 
 def test_a_failed_write_keeps_the_previous_overlay_and_cleans_up(tmp_path, monkeypatch):
