@@ -27,11 +27,11 @@ Rewrites of (a copy of) the network before export, equal in value, for int8 prec
 (``int8_friendly``). Each dense block concatenates as it goes: layer k appends its 32 new channels to
 the running concatenation (``cat([x, new])``, two inputs) instead of concatenating the list of all
 earlier outputs (up to 25 inputs, as torchvision and training do). TFLite's int8 CONCATENATION needs
-one scale for its inputs and output: with many inputs of their own scales the converter put 140
+one scale for its inputs and output: with many inputs of their own scales the converter put 139
 requantising QUANTIZE ops in front of them, and XNNPACK took none of the many-input concatenations
 (46 delegate partitions in int8, 43 in fp32; now 4 and 1). Measured on the test model: no QUANTIZE
-op, 252 ops instead of 391, int8 max |Δscore| 0.047 → 0.045, and on a model trained with more epochs
-at 224 px 0.075 → 0.047. A BatchNorm2d that does not follow a convolution (DenseNet's ``norm1`` after
+op but the input's, 252 ops instead of 391, int8 max |Δscore| 0.047 → 0.045, and on a model trained
+with more epochs at 224 px 0.075 → 0.047. A BatchNorm2d that does not follow a convolution (DenseNet's ``norm1`` after
 each concatenation, the transitions' ``norm``, ``norm5``; the exporter already folds the ones
 after a convolution) becomes a 1×1 depthwise convolution. TFLite would otherwise run it as MUL
 then ADD with the per-channel scales quantised to one int8 scale for all channels, losing the
