@@ -164,7 +164,6 @@ def scan_figures(bundle: Path, sources: list[Path], work: Path, threads: int,
     """Start-up cost, end-to-end films/s and peak memory of scans of ``counts`` films with ``threads``
     interpreter threads; for THROUGHPUT_FILMS also without overlays, and with a one-thread interpreter
     when ``threads`` > 1 (decoding and overlays then have the other cores to themselves)."""
-
     (work / "empty").mkdir()
     startup, _ = _scan(bundle, work / "empty", work / "out-empty", threads)
     films = work / "films"
