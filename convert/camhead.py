@@ -26,9 +26,12 @@ names above are then the head *for the int8 model's features* (what edge uses); 
 eval-form values are kept as ``exact_bias`` / ``exact_bn1_shift``. The CAM is unaffected for
 the chexnet head (its channel weights do not depend on the bias).
 
-CAM baseline (``with_baseline``): the mean feature map of the calibration films, H×W×C, as
+CAM baseline (``per_label_baseline``, ``with_baseline``): for each label, the mean feature map of
+the calibration films without that label (all of them for a label every film has), L×H×W×C, as
 ``baseline`` (the int8 model's, dequantised) and ``exact_baseline`` (the fp32 model's); edge.cam
-subtracts it before weighting, so a heatmap shows where a film differs from an average film.
+subtracts the label's map before weighting, so a heatmap shows where a film's evidence for the
+label exceeds that of films without it. One mean over all films would hold some of the finding
+itself where it usually lies (effusions at the bases) and push the heatmap's peak away from there.
 bundle.json ``cam`` records ``head``, ``pool``, ``params`` (this file) and ``arrays`` (the names).
 """
 
@@ -43,7 +46,7 @@ from edge.cam import BASELINE, EXACT_PREFIX, HEADS, OPS, head_logits, make_head
 from edge.runtime import scores_from_logits
 
 __all__ = ["CAM_FILE", "HEAD_POOL", "bias_correct", "head_arrays", "head_forward", "head_scores",
-           "pooled", "save_head", "with_baseline"]
+           "per_label_baseline", "pooled", "save_head", "with_baseline"]
 
 CAM_FILE = "cam_head.npz"
 HEAD_POOL = {"chexnet": "avg", "paper": "concat-max-avg"}
@@ -100,8 +103,26 @@ def bias_correct(head: str, arrays: dict[str, np.ndarray], offset: np.ndarray) -
     return out
 
 
+def per_label_baseline(features: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """(L, H, W, C) float32: per label, the mean of the feature maps (N×H×W×C) of the films whose
+    targets (N×L, multi-hot or one-hot) lack it; the mean of all films for a label that every film has."""
+    features, has = np.asarray(features, np.float32), np.asarray(targets) > 0
+    if has.ndim != 2 or len(has) != len(features):
+        raise ValueError(f"expected N×L targets for {len(features)} feature maps, got shape {has.shape}")
+    total = features.sum(axis=0, dtype=np.float64)
+    out = np.empty((has.shape[1], *features.shape[1:]), np.float32)
+    for label in range(has.shape[1]):
+        n_without = int((~has[:, label]).sum())
+        if n_without in (0, len(features)):  # every film has the label, or none: the mean of all
+            out[label] = total / len(features)
+        else:
+            out[label] = (total - features[has[:, label]].sum(axis=0, dtype=np.float64)) / n_without
+    return out
+
+
 def with_baseline(arrays: dict[str, np.ndarray], int8: np.ndarray, fp32: np.ndarray) -> dict[str, np.ndarray]:
-    """Arrays with the CAM baseline feature maps (H×W×C) for the int8 and the fp32 model's features."""
+    """Arrays with the CAM baseline feature maps (L×H×W×C, or one H×W×C map) for the int8 and the fp32
+    model's features."""
     return {**arrays, BASELINE: np.asarray(int8, np.float32), f"{EXACT_PREFIX}{BASELINE}": np.asarray(fp32, np.float32)}
 
 

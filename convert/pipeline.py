@@ -158,7 +158,7 @@ def _write(path: Path, data: bytes) -> Path:
 def _head(state: _State) -> None:
     """The float head for edge's scores and CAM (convert.camhead): bias-corrected for the int8 features,
     with the CAM baseline, both measured on the calibration films."""
-    from convert.camhead import bias_correct, head_arrays, pooled, with_baseline
+    from convert.camhead import bias_correct, head_arrays, per_label_baseline, pooled, with_baseline
     from convert.tflite import tflite_run
 
     a, head, opts = state.art, state.art["meta"]["head"], state.opts
@@ -176,8 +176,13 @@ def _head(state: _State) -> None:
         opts.log(f"   pooled int8 feature offset: mean {offset.mean():+.4f}, max |{np.abs(offset).max():.4f}| "
                  f"(folded into the head)")
     if opts.cam_baseline:
-        a["head"] = with_baseline(a["head"], int8.mean(axis=0), fp32.mean(axis=0))
-        a["cam_baseline"] = {**where, "array": "baseline", "statistic": "mean feature map"}
+        targets = a["cal"].targets
+        a["head"] = with_baseline(a["head"], per_label_baseline(int8, targets), per_label_baseline(fp32, targets))
+        without = (np.asarray(targets) <= 0).sum(axis=0)
+        a["cam_baseline"] = {**where, "array": "baseline", "per_label": True,
+                             "statistic": "per label: mean feature map of the calibration films without the label",
+                             "films_without": {label: int(n) for label, n in zip(a["meta"]["labels"], without,
+                                                                                  strict=True)}}
 
 
 def _fidelity(state: _State) -> None:

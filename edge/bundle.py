@@ -36,8 +36,9 @@ A bundle is a folder::
     cam               {"head": "chexnet" | "paper", "pool": "avg" | "concat-max-avg",
                        "params": "cam_head.npz", "feature_shape": [7, 7, 1024],
                        "arrays": names in cam_head.npz (convert/camhead.py documents them),
-                       "baseline": {"films", "split", ...} when cam_head.npz holds the CAM baseline
-                       (the calibration films' mean feature map, edge.cam) or null}
+                       "baseline": {"films", "split", "per_label", "films_without", ...} when
+                       cam_head.npz holds the CAM baseline (per label, the mean feature map of the
+                       calibration films without it; older bundles: one mean map; edge.cam) or null}
     files             {file name: sha256 hex} for every other file in the bundle
     provenance        {"checkpoint_sha256", "training_config", "training_metrics",
                        "data": {"kind": "phantom" | "nih" | ..., ...}, "versions", "created"}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import struct
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -74,10 +75,12 @@ def blend(film: np.ndarray, heat: np.ndarray, alpha: float = ALPHA) -> np.ndarra
 
 
 def overlay(film: np.ndarray, cam_film: np.ndarray, alpha: float = ALPHA, label: str | None = None,
-            peak: tuple[int, int] | None = None, max_side: int = MAX_SIDE) -> np.ndarray:
-    """The CAM over the film as RGB uint8, at most ``max_side`` pixels; optional label text and peak marker.
+            peak: tuple[int, int] | None = None, max_side: int = MAX_SIDE,
+            others: Sequence[tuple[int, int]] = ()) -> np.ndarray:
+    """The CAM over the film as RGB uint8, at most ``max_side`` pixels; optional label text and peak markers.
 
-    ``peak`` is (x, y) in the film's own pixel coordinates.
+    ``peak`` (the hottest, a circle with a cross) and ``others`` (further peaks, smaller circles) are
+    (x, y) in the film's own pixel coordinates.
     """
     if film.ndim != 2 or film.dtype != np.uint8:
         raise ValueError(f"expected a 2-D uint8 film, got {film.dtype} of shape {film.shape}")
@@ -85,15 +88,19 @@ def overlay(film: np.ndarray, cam_film: np.ndarray, alpha: float = ALPHA, label:
     small = _resize(film, shape, Image.Resampling.BILINEAR)
     heat = _resize(_normalised(cam_film), shape, Image.Resampling.BILINEAR)
     rgb = blend(small, heat, alpha)
-    if label is None and peak is None:
+    if label is None and peak is None and not others:
         return rgb
-    return _annotate(rgb, label, peak, shape[1] / film.shape[1])
+    return _annotate(rgb, label, peak, shape[1] / film.shape[1], others)
 
 
-def _annotate(rgb: np.ndarray, label: str | None, peak: tuple[int, int] | None, scale: float) -> np.ndarray:
+def _annotate(rgb: np.ndarray, label: str | None, peak: tuple[int, int] | None, scale: float,
+              others: Sequence[tuple[int, int]] = ()) -> np.ndarray:
     img = Image.fromarray(rgb)
     draw = ImageDraw.Draw(img)
     r = max(4, round(min(img.size) / 60))
+    for px, py in others:
+        x, y, q = (px + 0.5) * scale, (py + 0.5) * scale, max(3, round(0.7 * r))
+        draw.ellipse((x - q, y - q, x + q, y + q), outline=(255, 255, 255), width=max(1, r // 4))
     if peak is not None:
         x, y = (peak[0] + 0.5) * scale, (peak[1] + 0.5) * scale
         draw.ellipse((x - r, y - r, x + r, y + r), outline=(255, 255, 255), width=max(1, r // 3))

@@ -71,6 +71,9 @@ def _heatmaps(row: dict) -> str:
     cells = []
     for cam in row["cam"]:
         caption = f"{_e(cam['label'])}: peak at x={_e(cam['x'])}, y={_e(cam['y'])}"
+        more = [p for p in cam.get("peaks", [])[1:] if isinstance(p, list | tuple) and len(p) == 2]
+        if more:
+            caption += "; also " + ", ".join(f"x={_e(x)}, y={_e(y)}" for x, y in more)
         if cam.get("overlay"):
             href = _e(quote(cam["overlay"]))
             cells.append(f"<a href=\"{href}\"><img src=\"{href}\" alt=\"{caption}\" title=\"{caption}\" "
@@ -117,7 +120,8 @@ def _model_lines(bundle: Any, other_models: int) -> list[str]:
         lines.append(f"{other_models} result(s) from other models are in results.csv, not on this page.")
     lines.append("Scores are the model's outputs, not probabilities of disease; a finding is flagged when its "
                  "score reaches the threshold chosen on validation data. Heatmaps (Grad-CAM) show where the "
-                 "model looked, not the extent of a lesion; the circle marks the peak.")
+                 "model looked, not the extent of a lesion; the circle with a cross marks the hottest spot, "
+                 "smaller circles other spots at least half as hot.")
     return [f"<p class=note>{line}</p>" for line in lines]
 
 

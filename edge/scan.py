@@ -50,9 +50,9 @@ class Explainer(Protocol):
     """CPU Grad-CAM for one model (edge.cam), and the overlay writer (edge.overlay)."""
 
     def cam(self, features: np.ndarray, label_index: int) -> np.ndarray: ...
-    def peak(self, cam: np.ndarray, film_shape: tuple[int, int]) -> tuple[int, int]: ...
+    def peaks(self, cam: np.ndarray, film_shape: tuple[int, int]) -> list[tuple[int, int]]: ...
     def write_overlay(self, path: Path, film: np.ndarray, cam: np.ndarray, label: str,
-                      peak: tuple[int, int]) -> None: ...
+                      peaks: list[tuple[int, int]]) -> None: ...
 
 
 class CamExplainer:
@@ -67,15 +67,16 @@ class CamExplainer:
     def cam(self, features: np.ndarray, label_index: int) -> np.ndarray:
         return self._cam.grad_cam(self.head, features, label_index, self.task)
 
-    def peak(self, cam: np.ndarray, film_shape: tuple[int, int]) -> tuple[int, int]:
-        x, y = self._cam.cam_peak(cam, film_shape)
-        return int(x), int(y)
+    def peaks(self, cam: np.ndarray, film_shape: tuple[int, int]) -> list[tuple[int, int]]:
+        """The heatmap's peaks in film pixels, hottest first (edge.cam.cam_peaks)."""
+        return [(int(x), int(y)) for x, y in self._cam.cam_peaks(cam, film_shape)]
 
     def write_overlay(self, path: Path, film: np.ndarray, cam: np.ndarray, label: str,
-                      peak: tuple[int, int]) -> None:
+                      peaks: list[tuple[int, int]]) -> None:
         """PNG at most OVERLAY_SIDE px, fast zlib level (a 1024 px level-6 PNG costs several invokes)."""
         cam_film = self._cam.upsample(cam, self._overlay.overlay_shape(film.shape, OVERLAY_SIDE))
-        self._overlay.save_overlay_png(path, film, cam_film, label=label, peak=peak, max_side=OVERLAY_SIDE)
+        self._overlay.save_overlay_png(path, film, cam_film, label=label, peak=peaks[0], others=peaks[1:],
+                                       max_side=OVERLAY_SIDE)
 
 
 @dataclass
@@ -189,16 +190,18 @@ class Scored:
 
     item: Prepared
     result: FilmResult
-    cams: list = field(default_factory=list)  # (label, 7×7 cam, (x, y)) per explained label
+    cams: list = field(default_factory=list)  # (label, 7×7 cam, [(x, y) peaks, hottest first]) per explained label
 
 
 def _explain(scored: Scored, ctx: ScanContext, features: np.ndarray, targets: list[int]) -> None:
     result, start = scored.result, time.perf_counter()
     for index in targets:
         cam = ctx.explainer.cam(features, index)
-        x, y = ctx.explainer.peak(cam, scored.item.film.shape)
-        scored.cams.append((result.labels[index], cam, (x, y)))
-        result.cam.append({"label": result.labels[index], "x": x, "y": y, "overlay": None})
+        peaks = ctx.explainer.peaks(cam, scored.item.film.shape)
+        x, y = peaks[0]
+        scored.cams.append((result.labels[index], cam, peaks))
+        result.cam.append({"label": result.labels[index], "x": x, "y": y, "peaks": [list(p) for p in peaks],
+                           "overlay": None})
     if result.cam:
         first = result.cam[0]
         result.cam_label, result.cam_x, result.cam_y = first["label"], first["x"], first["y"]
@@ -226,7 +229,7 @@ def score_prepared(item: Prepared, ctx: ScanContext) -> Scored:
     return scored
 
 
-def _write_overlay(scored: Scored, ctx: ScanContext, label: str, cam: np.ndarray, peak: tuple[int, int]) -> str:
+def _write_overlay(scored: Scored, ctx: ScanContext, label: str, cam: np.ndarray, peaks: list) -> str:
     result = scored.result
     rel = overlay_name(result.film_path, result.file_sha256, result.model_hash, label)
     path = ctx.out_dir / rel
@@ -234,7 +237,7 @@ def _write_overlay(scored: Scored, ctx: ScanContext, label: str, cam: np.ndarray
         raise StoreError(f"refusing to write an overlay outside {ctx.out_dir}: {rel!r}")  # cannot happen
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        ctx.explainer.write_overlay(path, scored.item.film, cam, label, peak)
+        ctx.explainer.write_overlay(path, scored.item.film, cam, label, peaks)
     except OSError as err:
         raise output_error(path, err, "write the overlay") from None
     return rel
@@ -244,8 +247,8 @@ def finish(scored: Scored, ctx: ScanContext) -> FilmResult:
     """Write the film's overlays (atomically), then commit its row: a row only ever names files that exist."""
     result, start = scored.result, time.perf_counter()
     if ctx.overlays:
-        for entry, (label, cam, peak) in zip(result.cam, scored.cams, strict=True):
-            entry["overlay"] = _write_overlay(scored, ctx, label, cam, peak)
+        for entry, (label, cam, peaks) in zip(result.cam, scored.cams, strict=True):
+            entry["overlay"] = _write_overlay(scored, ctx, label, cam, peaks)
             result.overlays.append(entry["overlay"])
         result.overlay_ms = (time.perf_counter() - start) * 1000.0
     ctx.store.add(result)

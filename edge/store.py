@@ -98,7 +98,8 @@ class FilmResult:
     flagged: list = field(default_factory=list)
     top_label: str | None = None
     top_score: float | None = None
-    cam: list = field(default_factory=list)  # [{"label", "x", "y", "overlay"}], top label first
+    cam: list = field(default_factory=list)  # [{"label", "x", "y", "peaks", "overlay"}], top label first; (x, y) is
+    # the hottest of "peaks" ([[x, y], ...], hottest first: edge.cam.cam_peaks)
     cam_label: str | None = None
     cam_x: int | None = None
     cam_y: int | None = None

@@ -68,3 +68,18 @@ def test_with_baseline_adds_both_feature_maps_and_edge_reads_the_one_for_its_mod
     save_head(out, tmp_path / CAM_FILE)
     with np.load(tmp_path / CAM_FILE, allow_pickle=False) as saved:
         np.testing.assert_array_equal(make_head("chexnet", dict(saved)).baseline, int8)
+
+
+def test_per_label_baseline_is_the_mean_of_the_films_without_the_label():
+    from convert.camhead import per_label_baseline
+
+    rng = np.random.default_rng(0)
+    features = rng.random((6, 2, 3, 4), dtype=np.float32)
+    targets = np.array([[1, 0, 0, 1], [1, 0, 1, 1], [0, 0, 1, 1], [0, 1, 0, 1], [1, 0, 0, 1], [0, 0, 0, 1]])
+    base = per_label_baseline(features, targets)
+    assert base.shape == (4, 2, 3, 4) and base.dtype == np.float32
+    for label, films in enumerate(([2, 3, 5], [0, 1, 2, 4, 5], [0, 3, 4, 5])):
+        np.testing.assert_allclose(base[label], features[films].mean(axis=0), rtol=1e-6)
+    np.testing.assert_allclose(base[3], features.mean(axis=0), rtol=1e-6)  # every film has it: the mean of all
+    with pytest.raises(ValueError, match="N×L targets"):
+        per_label_baseline(features, targets[:5])

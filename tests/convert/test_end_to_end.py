@@ -91,9 +91,16 @@ def test_cam_head_and_provenance(bundle):
     assert correction["films"] == bundle.spec["provenance"]["data"]["calibration"]["films"]
     assert 0 < correction["max_abs_offset"] < 1 and "exact_bias" in cam["arrays"]
     assert cam["baseline"]["films"] == correction["films"]  # the CAM baseline: the same calibration films
+    without = cam["baseline"]["films_without"]  # one map per label, of the calibration films without it
+    assert cam["baseline"]["per_label"] and list(without) == bundle.labels
+    assert all(0 < n <= correction["films"] for n in without.values()) and min(without.values()) < correction["films"]
     with np.load(bundle.path / cam["params"], allow_pickle=False) as arrays:
         for name in ("baseline", "exact_baseline"):
-            assert arrays[name].shape == tuple(cam["feature_shape"]) and arrays[name].min() >= 0  # after a ReLU
+            assert arrays[name].shape == (len(bundle.labels), *cam["feature_shape"]) and arrays[name].min() >= 0
+        absent = [i for i, label in enumerate(bundle.labels) if without[label] == correction["films"]]
+        assert absent and all(np.array_equal(arrays["baseline"][i], arrays["baseline"][absent[0]]) for i in absent)
+        present = min(without, key=without.get)  # the commonest finding: its map differs from the all-film mean
+        assert not np.allclose(arrays["baseline"][bundle.labels.index(present)], arrays["baseline"][absent[0]])
         assert 0 < np.abs(arrays["baseline"] - arrays["exact_baseline"]).mean() < 0.1 * arrays["baseline"].mean()
     prov = bundle.spec["provenance"]
     assert prov["data"]["kind"] == "phantom" and bundle.is_demo

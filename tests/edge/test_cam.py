@@ -8,7 +8,18 @@ import numpy as np
 import pytest
 
 from edge.bundle import Bundle
-from edge.cam import HEADS, cam_peak, grad_cam, grad_cams, grad_features, head_logits, load_head, make_head, upsample
+from edge.cam import (
+    HEADS,
+    cam_peak,
+    cam_peaks,
+    grad_cam,
+    grad_cams,
+    grad_features,
+    head_logits,
+    load_head,
+    make_head,
+    upsample,
+)
 from edge.errors import BundleError
 
 C, HID, L, GRID = 6, 5, 4, 3
@@ -134,6 +145,22 @@ def test_grad_cam_with_a_baseline_weights_the_difference_from_it(name):
     np.testing.assert_allclose(grad_cams(relative, baseline, range(L)), 0, atol=1e-6)  # the average film: no heat
 
 
+@pytest.mark.parametrize("name", sorted(HEADS))
+def test_a_per_label_baseline_gives_each_label_its_own_map(name):
+    rng = np.random.default_rng(5)
+    arrays = _random_arrays(name, rng)
+    a, per_label = _features(rng), np.stack([_features(rng) for _ in range(L)])
+    head = make_head(name, {**arrays, "baseline": per_label})
+    assert head.baseline.shape == (L, *a.shape)
+    cams = grad_cams(head, a, [2, 0])
+    for cam, label in zip(cams, [2, 0], strict=True):
+        single = make_head(name, {**arrays, "baseline": per_label[label]})  # that label's map alone
+        np.testing.assert_allclose(cam, grad_cam(single, a, label), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(grad_cam(head, a, label), cam, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(cams[0], grad_cam(make_head(name, {**arrays, "baseline": per_label[0]}), a, 2))
+    np.testing.assert_allclose(grad_cam(head, per_label[1], 1), 0, atol=1e-6)  # that label's baseline film: no heat
+
+
 def test_grad_cam_refuses_unknown_task():
     head = make_head("chexnet", _random_arrays("chexnet", np.random.default_rng(0)))
     with pytest.raises(ValueError, match="task"):
@@ -187,6 +214,27 @@ def test_parabolic_peak_moves_towards_the_stronger_neighbour_by_at_most_half_a_c
     assert (x, y) == (int(6.5 * cell), int(0.5 * cell))  # a corner cell lacks a neighbour on each axis: not refined
 
 
+def test_cam_peaks_lists_every_separate_hot_spot_hottest_first_from_cam_peaks_own():
+    cell = 1024 / 7
+    cam = _hot({(4, 1): 0.8, (4, 5): 1.0, (4, 2): 0.3, (1, 3): 0.45, (6, 6): 0.6, (5, 6): 0.55})
+    peaks = cam_peaks(cam, (1024, 1024), method="cell")
+    assert peaks[0] == cam_peak(cam, (1024, 1024), method="cell") == (int(5.5 * cell), int(4.5 * cell))
+    assert peaks == [peaks[0], (int(1.5 * cell), int(4.5 * cell)), (int(6.5 * cell), int(6.5 * cell))]
+    assert cam_peaks(cam, (1024, 1024), method="cell", max_peaks=2) == peaks[:2]
+    assert len(cam_peaks(cam, (1024, 1024), method="cell", min_ratio=0.4)) == 3  # (1, 3) is a peak, 4th: over max
+    assert len(cam_peaks(cam, (1024, 1024), method="cell", min_ratio=0.4, max_peaks=4)) == 4
+    assert cam_peaks(cam, (1024, 1024), method="cell", min_ratio=0.9) == peaks[:1]
+    # a slope is not a peak; neither is the second cell of a plateau, nor a hot cell over the padding
+    assert len(cam_peaks(_hot({(3, 3): 1.0, (3, 4): 0.9, (3, 5): 0.8}), (1024, 1024))) == 1
+    assert len(cam_peaks(_hot({(3, 3): 1.0, (3, 4): 1.0}), (1024, 1024))) == 1
+    assert cam_peaks(_hot({(3, 0): 9.0, (3, 3): 1.0}), (700, 350), method="cell") == [(175, 350)]
+    # a cold map still has its one peak, where cam_peak puts it; refinement applies to every peak
+    assert cam_peaks(np.zeros((7, 7), np.float32), (1024, 1024)) == [cam_peak(np.zeros((7, 7)), (1024, 1024))]
+    two = _hot({(2, 1): 1.0, (2, 2): 0.5, (2, 5): 0.9, (2, 4): 0.45})
+    (x1, _), (x2, _) = cam_peaks(two, (1024, 1024))
+    assert x1 > int(1.5 * cell) and x2 < int(5.5 * cell)  # each pulled towards its stronger neighbour
+
+
 def test_upsample_is_constant_for_a_constant_cam_and_peaks_at_the_hot_cell():
     flat = upsample(np.full((7, 7), 2.0, np.float32), (500, 300))
     assert flat.shape == (500, 300) and flat.dtype == np.float32
@@ -226,6 +274,11 @@ def test_load_head_reads_the_baseline_and_its_exact_twin_and_checks_its_shape(tm
     np.testing.assert_array_equal(load_head(bundle, exact=True).baseline, fp32)
     with pytest.raises(BundleError, match="baseline has shape"):
         load_head(_bundle(tmp_path, "chexnet", {**arrays, "baseline": np.ones((3, 3, C), np.float32)}))
+    per_label = np.stack([np.full((7, 7, C), float(k), np.float32) for k in range(4)])  # the bundle's 4 labels
+    np.testing.assert_array_equal(load_head(_bundle(tmp_path, "chexnet", {**arrays, "baseline": per_label})).baseline,
+                                  per_label)
+    with pytest.raises(BundleError, match="one per label"):
+        load_head(_bundle(tmp_path, "chexnet", {**arrays, "baseline": per_label[:3]}))
 
 
 def test_load_head_names_a_missing_array(tmp_path):

@@ -1,19 +1,22 @@
 """Issue 5 acceptance: the int8 CPU Grad-CAM against PyTorch autograd Grad-CAM on the fp32 model.
 
 On held-out phantom films with drawn lesions (the session's briefly trained model and its bundle):
-the mean Pearson correlation of the two CAMs is at least 0.9, and the int8 CAM's peak (edge.cam's
-default peak) lies inside the drawn lesion box. Scored two ways: per film and finding (the
-"pointing game": a hit when the peak lies in one of that finding's boxes; target 80%) and per box
-(every lesion once: a film with effusions on both sides has two boxes and one peak, so one of them
-is always a miss; measured 77.8% on the session model, guarded at 75%).
-Both CAMs are relative to the bundle's baseline (the calibration films' mean feature map; the
-PyTorch one uses the fp32 model's). Also: a bundle whose label list does not match the model's
-outputs is refused before any film is scored.
+the mean Pearson correlation of the two CAMs is at least 0.9, and the int8 CAM's peak lies inside
+the drawn lesion box for at least 80% of lesions. Per lesion, a finding with k boxes on a film is
+matched one to one with the k hottest of its heatmap's peaks (edge.cam.cam_peaks, what the scan
+stores and marks): a film with effusions on both sides has two boxes and, when the model sees both,
+two peaks. Also scored: the pointing game (per film and finding: a hit when the hottest peak lies in
+one of that finding's boxes; target 80%) and the hottest peak alone per box (guarded at 75%: it can
+only ever hit one of two boxes). Measured on the session model: 81.6% per lesion, 78.5% with the
+hottest peak alone. Both CAMs are relative to the bundle's per-label baselines (the calibration
+films without the label; the PyTorch one uses the fp32 model's). Also: a bundle whose label list does
+not match the model's outputs is refused before any film is scored.
 """
 
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import shutil
 from pathlib import Path
@@ -21,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.cam import PEAKS, cam_peak, grad_cam, load_head
+from edge.cam import PEAKS, cam_peak, cam_peaks, grad_cam, load_head
 from edge.errors import BundleError
 from edge.films import load_film
 from edge.preprocess import MEAN, STD, preprocess
@@ -52,13 +55,15 @@ def _lesions(phantom_set: Path) -> dict[str, list[tuple[str, tuple[float, float,
 def _torch_grad_cam(model, x: np.ndarray, label: int, baseline: np.ndarray | None = None) -> np.ndarray:
     """Autograd Grad-CAM (7×7) of the fp32 PyTorch model on the 224×224×3 uint8 input, with the training
     normalisation: channel weights are the spatial mean of d logit / dA, cam = ReLU(Σ w (A - B)) for the
-    baseline feature map B (H×W×C; none: B = 0)."""
+    baseline feature map B (L×H×W×C per label, or H×W×C; none: B = 0)."""
     import torch
 
     t = torch.from_numpy(x).permute(2, 0, 1)[None].float()
     t = (t - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
     a = model.forward_features(t)
     (grad,) = torch.autograd.grad(model.forward_head(a)[0, label], a)
+    if baseline is not None and baseline.ndim == 4:
+        baseline = baseline[label]
     b = 0 if baseline is None else torch.from_numpy(baseline).permute(2, 0, 1)[None]
     return torch.relu((grad.mean(dim=(2, 3), keepdim=True) * (a - b)).sum(1))[0].detach().numpy()
 
@@ -78,6 +83,21 @@ def _inside(point: tuple[int, int], box: tuple[float, float, float, float]) -> b
     return x <= point[0] <= x + w and y <= point[1] <= y + h
 
 
+def _matched(peaks: list[tuple[int, int]], boxes: list) -> int:
+    """Boxes hit when each of ``peaks`` may stand for one box only (the best one-to-one assignment)."""
+    k = min(len(peaks), len(boxes))
+    return max(sum(_inside(peaks[j], boxes[b]) for j, b in enumerate(order))
+               for order in itertools.permutations(range(len(boxes)), k))
+
+
+def test_matching_gives_each_peak_one_box():
+    left, right = (0, 0, 10, 10), (20, 0, 10, 10)
+    assert _matched([(5, 5)], [left, right]) == 1
+    assert _matched([(5, 5), (6, 6)], [left, right]) == 1  # two peaks in one box hit it once
+    assert _matched([(25, 5), (5, 5)], [left, right]) == 2
+    assert _matched([(50, 50)], [left]) == 0
+
+
 @pytest.fixture(scope="module")
 def cam_figures(checkpoint, bundle_dir, phantom_set) -> dict:
     """int8 CPU Grad-CAM vs PyTorch fp32 Grad-CAM on every held-out lesion, and where the peaks fall."""
@@ -91,6 +111,7 @@ def cam_figures(checkpoint, bundle_dir, phantom_set) -> dict:
     lesions = _lesions(phantom_set)
     assert len(lesions) >= 100, f"too few held-out films with lesion boxes: {len(lesions)}"
     corr, flat, inside, inside_fp32, per_label, pointing = [], 0, {m: 0 for m in PEAKS}, 0, {}, 0
+    lesions_hit = 0
     n = 0
     for name, boxes in lesions.items():
         film = load_film(next(phantom_set.rglob(name)))
@@ -107,16 +128,20 @@ def cam_figures(checkpoint, bundle_dir, phantom_set) -> dict:
             peak, ref_peak = cam_peak(cam, film.shape), cam_peak(ref, film.shape)  # the default method
             label_boxes = [box for lab, box in boxes if lab == label]
             pointing += any(_inside(peak, box) for box in label_boxes)
+            found = cam_peaks(cam, film.shape)
+            assert found[0] == peak
+            hits = _matched(found[:len(label_boxes)], label_boxes)
+            lesions_hit += hits
             for box in label_boxes:
                 for method, p in peaks.items():
                     inside[method] += _inside(p, box)
                 inside_fp32 += _inside(ref_peak, box)
-                hit = _inside(peak, box)
-                per_label[label] = [a + b for a, b in zip(per_label.get(label, [0, 0]), (hit, 1), strict=True)]
                 n += 1
+            per_label[label] = [a + b for a, b in zip(per_label.get(label, [0, 0]), (hits, len(label_boxes)),
+                                                      strict=True)]
     figures = {"films": len(lesions), "lesions": n, "cams": len(corr) + flat, "flat": flat,
                "mean_corr": float(np.mean(corr)), "min_corr": float(min(corr)),
-               "pointing_game": pointing / (len(corr) + flat),
+               "pointing_game": pointing / (len(corr) + flat), "per_lesion": lesions_hit / n,
                "inside": {m: k / n for m, k in inside.items()}, "inside_fp32": inside_fp32 / n,
                "inside_per_label": {label: f"{k}/{m}" for label, (k, m) in sorted(per_label.items())}}
     print(f"\nCAM figures: {figures}")
@@ -133,8 +158,12 @@ def test_int8_cam_peak_lies_inside_the_lesion_box_per_film_and_finding(cam_figur
     assert cam_figures["pointing_game"] >= MIN_INSIDE
 
 
-def test_int8_cam_peak_lies_inside_most_lesion_boxes(cam_figures):
+def test_int8_cam_peaks_lie_inside_the_lesion_boxes_per_lesion(cam_figures):
     assert cam_figures["lesions"] >= 150
+    assert cam_figures["per_lesion"] >= MIN_INSIDE
+
+
+def test_int8_cam_hottest_peak_alone_lies_inside_most_lesion_boxes(cam_figures):
     assert cam_figures["inside"]["parabolic"] >= MIN_INSIDE_PER_BOX  # cam_peak's default method
 
 

@@ -93,11 +93,13 @@ def test_report_escapes_labels_and_messages(tmp_path):
            "scores": {}, "flagged": [], "cam": [], "overlays": []}
     ok = {"film_path": "a.png", "status": "ok", "error": None, "flagged": ["Effusion"], "overlays": [],
           "scores": {"Cardiomegaly": 0.1, "Effusion": 0.8, "Pneumothorax": 0.2},
-          "cam": [{"label": "Effusion", "x": 1, "y": 2, "overlay": "overlays/a\"onmouseover=\"x.png"}]}
+          "cam": [{"label": "Effusion", "x": 1, "y": 2, "overlay": "overlays/a\"onmouseover=\"x.png",
+                   "peaks": [[1, 2], [700, "<b>8</b>"]]}]}
     html = render_report([row, ok], bundle)
-    assert "<img src=x" not in html and "<svg" not in html
+    assert "<img src=x" not in html and "<svg" not in html and "<b>8" not in html
     assert "&lt;svg onload=alert(2)&gt;" in html
     assert 'onmouseover="x' not in html
+    assert "Effusion: peak at x=1, y=2; also x=700, y=&lt;b&gt;8&lt;/b&gt;" in html  # the second hot spot too
 
 
 def test_store_keeps_exact_names(tmp_path):

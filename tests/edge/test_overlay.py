@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 import edge.store as store_mod
-from edge.cam import cam_peak, upsample
+from edge.cam import cam_peak, cam_peaks, upsample
 from edge.overlay import jet, overlay, overlay_shape, png_bytes, save_overlay_png
 
 
@@ -62,6 +62,19 @@ def test_label_and_peak_marker_are_drawn():
     assert changed[:, 0].min() < 20  # the label band at the top
     near = np.abs(changed - [peak[1], peak[0]]).max(axis=1) <= 20
     assert near.any()  # the marker around the peak
+
+
+def test_further_peaks_get_their_own_smaller_markers():
+    film = np.full((448, 448), 60, np.uint8)
+    cam = np.zeros((7, 7), np.float32)
+    cam[4, 1], cam[4, 5] = 0.8, 1.0
+    (main, other), heat = cam_peaks(cam, film.shape), upsample(cam, film.shape)
+    one, both = overlay(film, heat, peak=main), overlay(film, heat, peak=main, others=[other])
+    changed = np.argwhere(np.any(both != one, axis=2))
+    assert len(changed) and (np.abs(changed - [other[1], other[0]]).max(axis=1) <= 20).all()  # only around it
+    marks = [np.any(overlay(film, heat) != overlay(film, heat, **kw), axis=2).sum()
+             for kw in ({"peak": main}, {"others": [main]})]
+    assert 0 < marks[1] < marks[0]  # a secondary peak's circle is smaller than the main cross and circle
 
 
 def test_overlay_refuses_a_film_that_is_not_2d_uint8():

@@ -19,7 +19,7 @@ from PIL import Image
 import edge.runtime
 import edge.scan
 from edge.bundle import Bundle
-from edge.cam import cam_peak, upsample
+from edge.cam import cam_peaks, upsample
 from edge.errors import BundleError
 from edge.overlay import overlay_shape, save_overlay_png
 from edge.report import DEMO_DISCLAIMER
@@ -60,11 +60,12 @@ class FakeExplainer:
     def cam(self, features: np.ndarray, label_index: int) -> np.ndarray:
         return features[..., 0]
 
-    def peak(self, cam: np.ndarray, film_shape: tuple[int, int]) -> tuple[int, int]:
-        return cam_peak(cam, film_shape)
+    def peaks(self, cam: np.ndarray, film_shape: tuple[int, int]) -> list[tuple[int, int]]:
+        return cam_peaks(cam, film_shape)
 
-    def write_overlay(self, path: Path, film: np.ndarray, cam: np.ndarray, label: str, peak) -> None:
-        save_overlay_png(path, film, upsample(cam, overlay_shape(film.shape)), label=label, peak=peak)
+    def write_overlay(self, path: Path, film: np.ndarray, cam: np.ndarray, label: str, peaks) -> None:
+        save_overlay_png(path, film, upsample(cam, overlay_shape(film.shape)), label=label, peak=peaks[0],
+                         others=peaks[1:])
 
 
 def write_film(path: Path, seed: int, size: tuple[int, int] = (96, 80)) -> Path:
@@ -265,6 +266,8 @@ def test_real_bundle_on_phantom_films(bundle_dir, few_films, tmp_path):
     for r in rows(out):
         assert r["status"] == "ok" and r["overlays"] and all((out / o).is_file() for o in r["overlays"])
         assert 0 <= r["cam_x"] < r["film_width"] and 0 <= r["cam_y"] < r["film_height"]
+        assert [r["cam_x"], r["cam_y"]] == r["cam"][0]["peaks"][0]  # the hottest of the label's peaks
+        assert all(1 <= len(c["peaks"]) <= 3 and c["peaks"][0] == [c["x"], c["y"]] for c in r["cam"])
     with Store(out / "results.sqlite") as s:
         assert s.integrity_check() == "ok"
 
