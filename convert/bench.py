@@ -1,8 +1,12 @@
 """``python -m convert.bench PATH...``: latency of the same network in each form, 1 and 2 threads.
 
 PATH is a bundle folder (int8 and fp32 TFLite) and/or a checkpoint (PyTorch eager fp32 and
-onnxruntime fp32, exported to a temporary ONNX file). Each figure is the median of ``--runs``
-single-image invokes after ``--warmup`` runs; printed as a table, and written as JSON with --json.
+onnxruntime fp32, exported to a temporary ONNX file). Every form is loaded first; then the timed
+single-image invokes are taken in ``--rounds`` rounds, each round giving every form and thread
+count its share of ``--runs`` in turn, so a slow spell of a shared machine falls on all of them
+alike rather than on whichever ran then. Each figure is the median of its ``--runs`` invokes after
+``--warmup`` untimed ones. The ratio int8 / PyTorch eager (issue 5's target: at most 0.5) is
+printed per thread count with the table, and written as JSON with --json.
 """
 
 from __future__ import annotations
@@ -13,23 +17,48 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["bench_bundle", "bench_checkpoint", "main", "median_ms"]
+__all__ = ["Form", "bench_bundle", "bench_checkpoint", "main", "measure", "ratios"]
+
+INT8, TORCH = "TFLite int8", "PyTorch eager fp32"
+TARGET_RATIO = 0.5  # int8 invoke <= 0.5x PyTorch eager fp32 (issue 5)
 
 
-def median_ms(fn: Callable[[], object], runs: int, warmup: int) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return round(1000 * statistics.median(times), 2)
+@dataclass
+class Form:
+    """One network form at one thread count: ``fn`` runs one invoke; ``enter`` (untimed) runs before
+    each of its blocks of invokes (PyTorch's thread count is process-wide)."""
+
+    runtime: str
+    threads: int
+    fn: Callable[[], object]
+    enter: Callable[[], object] = lambda: None
+    times: list[float] = field(default_factory=list)
+
+
+def measure(forms: list[Form], runs: int, warmup: int, rounds: int = 5) -> list[dict]:
+    """Median ms of ``runs`` invokes per form, interleaved in ``rounds`` rounds (see the module doc)."""
+    rounds = max(1, min(rounds, runs))
+    for form in forms:
+        form.enter()
+        for _ in range(warmup):
+            form.fn()
+    for r in range(rounds):
+        share = runs // rounds + (r < runs % rounds)
+        for form in forms:
+            form.enter()
+            for _ in range(share):
+                t0 = time.perf_counter()
+                form.fn()
+                form.times.append(time.perf_counter() - t0)
+    return [{"runtime": f.runtime, "threads": f.threads, "median_ms": round(1000 * statistics.median(f.times), 2),
+             "runs": len(f.times)} for f in forms]
 
 
 def _tflite_fn(path: Path, image: np.ndarray, threads: int) -> Callable[[], object]:
@@ -42,22 +71,22 @@ def _tflite_fn(path: Path, image: np.ndarray, threads: int) -> Callable[[], obje
     return interp.invoke
 
 
-def bench_bundle(path: Path, image: np.ndarray, threads: list[int], runs: int, warmup: int) -> list[dict]:
+def bench_bundle(path: Path, image: np.ndarray, threads: list[int]) -> list[Form]:
+    """The bundle's int8 and fp32 TFLite models, loaded, at each thread count."""
     from edge.bundle import load_bundle
 
     bundle = load_bundle(path)
-    rows = []
-    for kind, label in (("int8", "TFLite int8"), ("fp32", "TFLite fp32")):
+    forms = []
+    for kind, label in (("int8", INT8), ("fp32", "TFLite fp32")):
         model = bundle.model_path(kind)
-        if model is None:
-            continue
-        for t in threads:
-            rows.append({"runtime": label, "threads": t,
-                         "median_ms": median_ms(_tflite_fn(model, image, t), runs, warmup)})
-    return rows
+        if model is not None:
+            forms += [Form(label, t, _tflite_fn(model, image, t)) for t in threads]
+    return forms
 
 
-def bench_checkpoint(path: Path, image: np.ndarray, threads: list[int], runs: int, warmup: int) -> list[dict]:
+@contextmanager
+def bench_checkpoint(path: Path, image: np.ndarray, threads: list[int]) -> Iterator[list[Form]]:
+    """onnxruntime (a temporary ONNX export) and PyTorch eager forms of the checkpoint's network."""
     import onnxruntime as ort
     import torch
 
@@ -66,38 +95,43 @@ def bench_checkpoint(path: Path, image: np.ndarray, threads: list[int], runs: in
 
     model, meta = model_from_checkpoint(path)
     wrapper, x = make_wrapper(model, meta["task"]), torch.from_numpy(image[None].copy())
-    rows, before = [], torch.get_num_threads()
-    with tempfile.TemporaryDirectory() as tmp:
+    before = torch.get_num_threads()
+    forms = []
+    with tempfile.TemporaryDirectory() as tmp, torch.inference_mode():
         onnx_path = export_onnx(model, meta["task"], Path(tmp) / "model.onnx")
         for t in threads:
             opts = ort.SessionOptions()
             opts.intra_op_num_threads, opts.inter_op_num_threads = t, 1
             session = ort.InferenceSession(str(onnx_path), sess_options=opts, providers=["CPUExecutionProvider"])
             feed = {INPUT_NAME: image[None]}
-            rows.append({"runtime": "onnxruntime fp32", "threads": t,
-                         "median_ms": median_ms(lambda s=session, f=feed: s.run(None, f), runs, warmup)})
-    try:
-        for t in threads:
-            torch.set_num_threads(t)
-            with torch.inference_mode():
-                rows.append({"runtime": "PyTorch eager fp32", "threads": t,
-                             "median_ms": median_ms(lambda: wrapper(x), runs, warmup)})
-    finally:
-        torch.set_num_threads(before)
-    return rows
+            forms.append(Form("onnxruntime fp32", t, lambda s=session, f=feed: s.run(None, f)))
+        forms += [Form(TORCH, t, lambda: wrapper(x), lambda t=t: torch.set_num_threads(t)) for t in threads]
+        try:
+            yield forms
+        finally:
+            torch.set_num_threads(before)
 
 
-def _table(rows: list[dict]) -> str:
+def ratios(rows: list[dict]) -> dict[str, float]:
+    """int8 / PyTorch eager median per thread count present for both ("1", "2", ...)."""
+    ms = {(r["runtime"], r["threads"]): r["median_ms"] for r in rows}
+    return {str(t): round(ms[(INT8, t)] / ms[(TORCH, t)], 3) for (name, t) in ms if name == INT8 and (TORCH, t) in ms}
+
+
+def _table(rows: list[dict], ratio: dict[str, float]) -> str:
     lines = [f"{'runtime':<22}{'threads':>8}{'median ms':>12}"]
     lines += [f"{r['runtime']:<22}{r['threads']:>8}{r['median_ms']:>12.1f}" for r in rows]
+    lines += [f"int8 / PyTorch eager at {t} thread(s): {v:.3f} (target <= {TARGET_RATIO}: "
+              f"{'met' if v <= TARGET_RATIO else 'NOT met'})" for t, v in ratio.items()]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m convert.bench", description=__doc__.splitlines()[0])
     p.add_argument("paths", nargs="+", type=Path, help="bundle folder(s) and/or checkpoint(s)")
-    p.add_argument("--runs", type=int, default=20)
+    p.add_argument("--runs", type=int, default=40, help="timed invokes per form and thread count")
     p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds the runs are spread over")
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--json", type=Path, help="also write the figures here")
     args = p.parse_args(argv)
@@ -106,17 +140,24 @@ def main(argv: list[str] | None = None) -> int:
     from train.checkpoint import CheckpointError
 
     image = np.random.default_rng(0).integers(0, 256, (224, 224, 3), dtype=np.uint8)
-    rows: list[dict] = []
     try:
-        for path in args.paths:
-            bench = bench_bundle if path.is_dir() else bench_checkpoint
-            rows += [{**r, "source": str(path)} for r in bench(path, image, args.threads, args.runs, args.warmup)]
+        with ExitStack() as stack:
+            forms, sources = [], []
+            for path in args.paths:
+                found = (bench_bundle(path, image, args.threads) if path.is_dir()
+                         else stack.enter_context(bench_checkpoint(path, image, args.threads)))
+                forms += found
+                sources += [str(path)] * len(found)
+            rows = [{**r, "source": s} for r, s in zip(measure(forms, args.runs, args.warmup, args.rounds), sources,
+                                                       strict=True)]
     except (ConvertError, EdgeError, CheckpointError) as err:
         print(f"convert.bench: error: {err}", file=sys.stderr)
         return 2
-    print(_table(rows))
+    ratio = ratios(rows)
+    print(_table(rows, ratio))
     if args.json:
-        args.json.write_text(json.dumps({"runs": args.runs, "results": rows}, indent=2) + "\n")
+        args.json.write_text(json.dumps({"runs": args.runs, "rounds": args.rounds, "results": rows,
+                                         "int8_over_pytorch": ratio}, indent=2) + "\n")
     return 0
 
 
