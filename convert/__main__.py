@@ -52,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-bias-correction", dest="bias_correction", action="store_false",
                    help="do not fold the int8 features' mean offset (measured on the calibration films) into the head")
     p.add_argument("--no-cam-baseline", dest="cam_baseline", action="store_false",
-                   help="plain Grad-CAM: do not store the calibration films' mean feature map as the CAM baseline")
+                   help="plain Grad-CAM: do not store the per-label CAM baselines (mean feature maps of the "
+                        "calibration films without each label)")
     p.add_argument("--seed", type=int, default=0, help="film selection seed")
     p.add_argument("--verbose", action="store_true", help="show onnx2tf's own output")
     return p

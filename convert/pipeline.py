@@ -178,11 +178,11 @@ def _head(state: _State) -> None:
     if opts.cam_baseline:
         targets = a["cal"].targets
         a["head"] = with_baseline(a["head"], per_label_baseline(int8, targets), per_label_baseline(fp32, targets))
-        without = (np.asarray(targets) <= 0).sum(axis=0)
+        without = [int(n) if 0 < n < len(cal) else len(cal) for n in (np.asarray(targets) <= 0).sum(axis=0)]
         a["cam_baseline"] = {**where, "array": "baseline", "per_label": True,
-                             "statistic": "per label: mean feature map of the calibration films without the label",
-                             "films_without": {label: int(n) for label, n in zip(a["meta"]["labels"], without,
-                                                                                  strict=True)}}
+                             "statistic": "per label: mean feature map of the calibration films without the label "
+                                          "(all of them when every film or none has it)",
+                             "films_averaged": dict(zip(a["meta"]["labels"], without, strict=True))}
 
 
 def _fidelity(state: _State) -> None:

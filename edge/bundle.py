@@ -10,10 +10,11 @@ A bundle is a folder::
     edgetpu_report.json         op-by-op Edge TPU compatibility of the int8 model (convert.edgetpu)
     edgetpu_compiler.log        optional: the compiler's output, when it ran
 
-``bundle.json`` keys (``FORMAT_VERSION`` 1)::
+``bundle.json`` keys (``FORMAT_VERSION`` 2; edge also reads version 1, whose CAM baseline is one
+map for all labels: version 2 added per-label baselines, which an edge of version 1 cannot use)::
 
     format            "xray-edge-bundle"
-    format_version    1
+    format_version    2
     task              "multilabel" (sigmoid per label) | "one_vs_all" (softmax over labels)
     labels            ordered label names; the order of the score output
     input             {"shape": [1, 224, 224, 3], "dtype": "uint8", "layout": "NHWC",
@@ -36,7 +37,7 @@ A bundle is a folder::
     cam               {"head": "chexnet" | "paper", "pool": "avg" | "concat-max-avg",
                        "params": "cam_head.npz", "feature_shape": [7, 7, 1024],
                        "arrays": names in cam_head.npz (convert/camhead.py documents them),
-                       "baseline": {"films", "split", "per_label", "films_without", ...} when
+                       "baseline": {"films", "split", "per_label", "films_averaged", ...} when
                        cam_head.npz holds the CAM baseline (per label, the mean feature map of the
                        calibration films without it; older bundles: one mean map; edge.cam) or null}
     files             {file name: sha256 hex} for every other file in the bundle
@@ -58,10 +59,12 @@ from pathlib import Path
 from edge.errors import BundleError
 from edge.preprocess import PREPROCESS, spec_matches
 
-__all__ = ["BUNDLE_JSON", "FORMAT", "FORMAT_VERSION", "TASK_ACTIVATION", "Bundle", "load_bundle", "sha256_file"]
+__all__ = ["BUNDLE_JSON", "FORMAT", "FORMAT_VERSION", "READS_VERSIONS", "TASK_ACTIVATION", "Bundle", "load_bundle",
+           "sha256_file"]
 
 FORMAT = "xray-edge-bundle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READS_VERSIONS = (1, 2)
 BUNDLE_JSON = "bundle.json"
 TASKS = ("multilabel", "one_vs_all")
 TASK_ACTIVATION = {"multilabel": "sigmoid", "one_vs_all": "softmax"}  # how logits become scores
@@ -128,9 +131,10 @@ def _read_spec(path: Path) -> dict:
         raise BundleError(f"{spec_path}: damaged ({err})") from None
     if not isinstance(spec, dict) or spec.get("format") != FORMAT:
         raise BundleError(f"{spec_path}: not a {FORMAT} file")
-    if spec.get("format_version") != FORMAT_VERSION:
+    if spec.get("format_version") not in READS_VERSIONS:
         raise BundleError(f"{spec_path}: format version {spec.get('format_version')!r} is not supported "
-                          f"(this edge reads version {FORMAT_VERSION}); convert the model again or update edge")
+                          f"(this edge reads versions {', '.join(map(str, READS_VERSIONS))}); convert the model "
+                          f"again or update edge")
     missing = [k for k in _REQUIRED if k not in spec]
     if missing:
         raise BundleError(f"{spec_path}: incomplete, missing {', '.join(missing)}")

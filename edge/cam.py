@@ -31,9 +31,11 @@ from the maximum's centre: the usual sub-cell refinement, which keeps a small le
 cell) or "centroid" (the CAM-weighted centroid of the 3×3 cells around the maximum; it pulls the
 peak up to a cell towards strong neighbours, which suits large lesions and misses small ones).
 ``cam_peaks`` gives every peak of a heatmap, strongest first (the first is ``cam_peak``'s): cells
-at least as hot as their eight neighbours and at least ``PEAK_RATIO`` of the hottest, two cells
-apart at least, at most ``MAX_PEAKS``, each refined the same way. A finding on both sides (bilateral
-effusions) shows as two peaks; one global maximum can only ever point at one of them.
+at least as hot as their eight neighbours and at least ``PEAK_RATIO`` of the hottest, each parted
+from every hotter peak by a dip of at least ``PEAK_DIP`` of the hottest (no path of cells stays
+above it: a plateau or a ridge is one peak), at most ``MAX_PEAKS``, each refined the same way. A
+finding on both sides (bilateral effusions) shows as two peaks; one global maximum can only ever
+point at one of them.
 
 A head is plain data: a sequence of layers ``(op, parameter prefix)`` in ``HEADS``; each op
 has a forward and a backward in ``OPS``. Array names in ``cam_head.npz`` (convert.camhead writes
@@ -60,7 +62,9 @@ __all__ = ["BASELINE", "HEADS", "MAX_PEAKS", "OPS", "PEAKS", "PEAK_RATIO", "POOL
 
 TASKS = ("multilabel", "one_vs_all")  # both explain the class logit
 BASELINE = "baseline"  # cam_head.npz: the CAM baseline feature map(s) (optional)
-PEAK_RATIO = 0.5  # cam_peaks: a secondary peak is at least this share of the hottest cell
+PEAK_RATIO = 0.5  # cam_peaks: a secondary peak is at least this share of the hottest cell ...
+PEAK_DIP = 0.05  # ... with a dip of at least this share of the hottest between it and every hotter peak (int8
+# rounding moves a cell of the CAM by ~1-2% of the hottest: a shallower dip is not a separate hot spot)
 MAX_PEAKS = 3
 
 
@@ -307,9 +311,23 @@ def _peak_cells(cam: np.ndarray, mask: np.ndarray, min_ratio: float, max_peaks: 
     for r, c in order:
         if len(kept) >= max_peaks:
             break
-        if all(max(abs(r - r2), abs(c - c2)) >= 2 for r2, c2 in kept):  # a plateau is one peak
+        if not _connected(m, (r, c), m[r, c] - PEAK_DIP * top, kept):
             kept.append((r, c))
     return kept
+
+
+def _connected(m: np.ndarray, start: tuple[int, int], level: float, targets: list[tuple[int, int]]) -> bool:
+    """Whether a path of 8-connected cells, all at least ``level``, leads from ``start`` to one of ``targets``."""
+    seen, todo, goal = {start}, [start], set(targets)
+    while todo:
+        r, c = todo.pop()
+        if (r, c) in goal:
+            return True
+        for q in ((r + dr, c + dc) for dr in (-1, 0, 1) for dc in (-1, 0, 1)):
+            if q not in seen and 0 <= q[0] < m.shape[0] and 0 <= q[1] < m.shape[1] and m[q] >= level:
+                seen.add(q)
+                todo.append(q)
+    return False
 
 
 def cam_peaks(cam: np.ndarray, film_shape: tuple[int, int], method: str = "parabolic", size: int | None = None,

@@ -71,7 +71,8 @@ def _heatmaps(row: dict) -> str:
     cells = []
     for cam in row["cam"]:
         caption = f"{_e(cam['label'])}: peak at x={_e(cam['x'])}, y={_e(cam['y'])}"
-        more = [p for p in cam.get("peaks", [])[1:] if isinstance(p, list | tuple) and len(p) == 2]
+        peaks = cam.get("peaks")
+        more = [p for p in peaks[1:] if isinstance(p, list | tuple) and len(p) == 2] if isinstance(peaks, list) else []
         if more:
             caption += "; also " + ", ".join(f"x={_e(x)}, y={_e(y)}" for x, y in more)
         if cam.get("overlay"):

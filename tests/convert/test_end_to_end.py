@@ -91,7 +91,7 @@ def test_cam_head_and_provenance(bundle):
     assert correction["films"] == bundle.spec["provenance"]["data"]["calibration"]["films"]
     assert 0 < correction["max_abs_offset"] < 1 and "exact_bias" in cam["arrays"]
     assert cam["baseline"]["films"] == correction["films"]  # the CAM baseline: the same calibration films
-    without = cam["baseline"]["films_without"]  # one map per label, of the calibration films without it
+    without = cam["baseline"]["films_averaged"]  # one map per label, of the calibration films without it
     assert cam["baseline"]["per_label"] and list(without) == bundle.labels
     assert all(0 < n <= correction["films"] for n in without.values()) and min(without.values()) < correction["films"]
     with np.load(bundle.path / cam["params"], allow_pickle=False) as arrays:

@@ -46,6 +46,15 @@ def test_valid_bundle_loads(bundle):
     assert b.sha256 == sha256_file(bundle / BUNDLE_JSON)
 
 
+def test_a_version_1_bundle_still_loads(bundle):
+    """Version 1 had one CAM baseline for all labels (edge.cam reads both); version 2 added per-label ones."""
+    spec = _spec(bundle)
+    assert spec["format_version"] == FORMAT_VERSION == 2
+    spec["format_version"] = 1
+    _write(bundle, spec)
+    assert load_bundle(bundle).spec["format_version"] == 1
+
+
 def test_changed_model_byte_is_refused(bundle):
     model = bundle / "model_int8.tflite"
     data = bytearray(model.read_bytes())
@@ -56,7 +65,8 @@ def test_changed_model_byte_is_refused(bundle):
 
 
 @pytest.mark.parametrize(("edit", "message"), [
-    (lambda s: s.update(format_version=FORMAT_VERSION + 1), "format version 2 is not supported"),
+    (lambda s: s.update(format_version=FORMAT_VERSION + 1), "format version 3 is not supported"),
+    (lambda s: s.update(format_version=0), "format version 0 is not supported"),
     (lambda s: s.update(format="something-else"), "not a xray-edge-bundle"),
     (lambda s: s["thresholds"].pop("Effusion"), "thresholds do not name the same labels"),
     (lambda s: s.update(labels=["A", "A"]), "duplicates"),

@@ -216,7 +216,7 @@ def test_parabolic_peak_moves_towards_the_stronger_neighbour_by_at_most_half_a_c
 
 def test_cam_peaks_lists_every_separate_hot_spot_hottest_first_from_cam_peaks_own():
     cell = 1024 / 7
-    cam = _hot({(4, 1): 0.8, (4, 5): 1.0, (4, 2): 0.3, (1, 3): 0.45, (6, 6): 0.6, (5, 6): 0.55})
+    cam = _hot({(4, 1): 0.8, (4, 5): 1.0, (4, 2): 0.3, (1, 3): 0.45, (6, 6): 0.6, (6, 5): 0.55})
     peaks = cam_peaks(cam, (1024, 1024), method="cell")
     assert peaks[0] == cam_peak(cam, (1024, 1024), method="cell") == (int(5.5 * cell), int(4.5 * cell))
     assert peaks == [peaks[0], (int(1.5 * cell), int(4.5 * cell)), (int(6.5 * cell), int(6.5 * cell))]
@@ -224,9 +224,14 @@ def test_cam_peaks_lists_every_separate_hot_spot_hottest_first_from_cam_peaks_ow
     assert len(cam_peaks(cam, (1024, 1024), method="cell", min_ratio=0.4)) == 3  # (1, 3) is a peak, 4th: over max
     assert len(cam_peaks(cam, (1024, 1024), method="cell", min_ratio=0.4, max_peaks=4)) == 4
     assert cam_peaks(cam, (1024, 1024), method="cell", min_ratio=0.9) == peaks[:1]
-    # a slope is not a peak; neither is the second cell of a plateau, nor a hot cell over the padding
+    # a slope is not a peak; neither is the rest of a plateau or a ridge, nor a hot cell over the padding
     assert len(cam_peaks(_hot({(3, 3): 1.0, (3, 4): 0.9, (3, 5): 0.8}), (1024, 1024))) == 1
     assert len(cam_peaks(_hot({(3, 3): 1.0, (3, 4): 1.0}), (1024, 1024))) == 1
+    assert len(cam_peaks(_hot({(3, c): 1.0 for c in range(1, 6)}), (1024, 1024))) == 1
+    assert len(cam_peaks(np.ones((7, 7), np.float32), (1024, 1024))) == 1
+    assert len(cam_peaks(_hot({(3, 1): 1.0, (3, 2): 0.97, (3, 3): 1.0}), (1024, 1024))) == 1  # a dip under 5%
+    assert len(cam_peaks(_hot({(3, 1): 1.0, (3, 2): 0.85, (3, 3): 0.95}), (1024, 1024))) == 2  # a dip over 5%
+    assert len(cam_peaks(_hot({(3, 1): 1.0, (4, 2): 0.62, (5, 3): 0.65}), (1024, 1024))) == 1  # a shoulder
     assert cam_peaks(_hot({(3, 0): 9.0, (3, 3): 1.0}), (700, 350), method="cell") == [(175, 350)]
     # a cold map still has its one peak, where cam_peak puts it; refinement applies to every peak
     assert cam_peaks(np.zeros((7, 7), np.float32), (1024, 1024)) == [cam_peak(np.zeros((7, 7)), (1024, 1024))]

@@ -37,6 +37,7 @@ MAX_FILMS = 1000  # every held-out film with a box (~120 films, ~160 boxes in th
 MIN_CORRELATION = 0.9
 MIN_INSIDE = 0.8
 MIN_INSIDE_PER_BOX = 0.75
+MAX_EXTRA_PEAKS = 0.3  # peaks beyond a finding's drawn lesions, per heatmap (measured 0.15)
 
 
 def _lesions(phantom_set: Path) -> dict[str, list[tuple[str, tuple[float, float, float, float]]]]:
@@ -111,13 +112,13 @@ def cam_figures(checkpoint, bundle_dir, phantom_set) -> dict:
     lesions = _lesions(phantom_set)
     assert len(lesions) >= 100, f"too few held-out films with lesion boxes: {len(lesions)}"
     corr, flat, inside, inside_fp32, per_label, pointing = [], 0, {m: 0 for m in PEAKS}, 0, {}, 0
-    lesions_hit = 0
+    lesions_hit, extra = 0, 0
     n = 0
     for name, boxes in lesions.items():
         film = load_film(next(phantom_set.rglob(name)))
         x = preprocess(film)
         features = model.predict(x).features
-        for label in sorted({label for label, _ in boxes}):  # one CAM per film and label, one peak
+        for label in sorted({label for label, _ in boxes}):  # one CAM per film and label, its peaks
             assert label in labels, f"{name}: box label {label!r} is not a model label"
             c = labels.index(label)
             cam, ref = grad_cam(head, features, c, model.bundle.task), _torch_grad_cam(torch_model, x, c, baseline)
@@ -132,6 +133,7 @@ def cam_figures(checkpoint, bundle_dir, phantom_set) -> dict:
             assert found[0] == peak
             hits = _matched(found[:len(label_boxes)], label_boxes)
             lesions_hit += hits
+            extra += max(0, len(found) - len(label_boxes))  # peaks beyond the drawn lesions: marked, not scored
             for box in label_boxes:
                 for method, p in peaks.items():
                     inside[method] += _inside(p, box)
@@ -142,6 +144,7 @@ def cam_figures(checkpoint, bundle_dir, phantom_set) -> dict:
     figures = {"films": len(lesions), "lesions": n, "cams": len(corr) + flat, "flat": flat,
                "mean_corr": float(np.mean(corr)), "min_corr": float(min(corr)),
                "pointing_game": pointing / (len(corr) + flat), "per_lesion": lesions_hit / n,
+               "extra_peaks_per_cam": extra / (len(corr) + flat),
                "inside": {m: k / n for m, k in inside.items()}, "inside_fp32": inside_fp32 / n,
                "inside_per_label": {label: f"{k}/{m}" for label, (k, m) in sorted(per_label.items())}}
     print(f"\nCAM figures: {figures}")
@@ -161,6 +164,7 @@ def test_int8_cam_peak_lies_inside_the_lesion_box_per_film_and_finding(cam_figur
 def test_int8_cam_peaks_lie_inside_the_lesion_boxes_per_lesion(cam_figures):
     assert cam_figures["lesions"] >= 150
     assert cam_figures["per_lesion"] >= MIN_INSIDE
+    assert cam_figures["extra_peaks_per_cam"] <= MAX_EXTRA_PEAKS  # not bought with a marker on every hot spot
 
 
 def test_int8_cam_hottest_peak_alone_lies_inside_most_lesion_boxes(cam_figures):
