@@ -97,7 +97,12 @@ def bench_checkpoint(path: Path, image: np.ndarray, threads: list[int]) -> Itera
     wrapper, x = make_wrapper(model, meta["task"]), torch.from_numpy(image[None].copy())
     before = torch.get_num_threads()
     forms = []
-    with tempfile.TemporaryDirectory() as tmp, torch.inference_mode():
+
+    def eager() -> object:
+        with torch.inference_mode():
+            return wrapper(x)
+
+    with tempfile.TemporaryDirectory() as tmp:
         onnx_path = export_onnx(model, meta["task"], Path(tmp) / "model.onnx")
         for t in threads:
             opts = ort.SessionOptions()
@@ -105,7 +110,7 @@ def bench_checkpoint(path: Path, image: np.ndarray, threads: list[int]) -> Itera
             session = ort.InferenceSession(str(onnx_path), sess_options=opts, providers=["CPUExecutionProvider"])
             feed = {INPUT_NAME: image[None]}
             forms.append(Form("onnxruntime fp32", t, lambda s=session, f=feed: s.run(None, f)))
-        forms += [Form(TORCH, t, lambda: wrapper(x), lambda t=t: torch.set_num_threads(t)) for t in threads]
+        forms += [Form(TORCH, t, eager, lambda t=t: torch.set_num_threads(t)) for t in threads]
         try:
             yield forms
         finally:
@@ -113,9 +118,15 @@ def bench_checkpoint(path: Path, image: np.ndarray, threads: list[int]) -> Itera
 
 
 def ratios(rows: list[dict]) -> dict[str, float]:
-    """int8 / PyTorch eager median per thread count present for both ("1", "2", ...)."""
-    ms = {(r["runtime"], r["threads"]): r["median_ms"] for r in rows}
-    return {str(t): round(ms[(INT8, t)] / ms[(TORCH, t)], 3) for (name, t) in ms if name == INT8 and (TORCH, t) in ms}
+    """int8 / PyTorch eager median per thread count ("1", "2", ...) where exactly one of each was timed
+    (two bundles or two checkpoints make the pairing ambiguous: no ratio then)."""
+    out = {}
+    for t in sorted({r["threads"] for r in rows}):
+        int8 = [r["median_ms"] for r in rows if r["runtime"] == INT8 and r["threads"] == t]
+        torch = [r["median_ms"] for r in rows if r["runtime"] == TORCH and r["threads"] == t]
+        if len(int8) == len(torch) == 1:
+            out[str(t)] = round(int8[0] / torch[0], 3)
+    return out
 
 
 def _table(rows: list[dict], ratio: dict[str, float]) -> str:
@@ -126,13 +137,23 @@ def _table(rows: list[dict], ratio: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m convert.bench", description=__doc__.splitlines()[0])
     p.add_argument("paths", nargs="+", type=Path, help="bundle folder(s) and/or checkpoint(s)")
-    p.add_argument("--runs", type=int, default=40, help="timed invokes per form and thread count")
+    p.add_argument("--runs", type=_positive, default=40, help="timed invokes per form and thread count")
     p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds the runs are spread over")
-    p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--rounds", type=_positive, default=5, help="interleaved rounds the runs are spread over")
+    p.add_argument("--threads", type=_positive, nargs="+", default=[1, 2])
     p.add_argument("--json", type=Path, help="also write the figures here")
     args = p.parse_args(argv)
     from convert.errors import ConvertError
@@ -156,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     ratio = ratios(rows)
     print(_table(rows, ratio))
     if args.json:
-        args.json.write_text(json.dumps({"runs": args.runs, "rounds": args.rounds, "results": rows,
+        args.json.write_text(json.dumps({"runs": args.runs, "rounds": min(args.rounds, args.runs), "results": rows,
                                          "int8_over_pytorch": ratio}, indent=2) + "\n")
     return 0
 

@@ -92,7 +92,7 @@ def _invoke_ms(bundle, x: np.ndarray, kind: str, threads: int | None, repeat: in
 
 
 def _cam_ms(bundle, features: np.ndarray, repeat: int) -> dict[str, float]:
-    from edge.cam import cam_peak, grad_cam, load_head, upsample
+    from edge.cam import cam_peaks, grad_cam, load_head, upsample
 
     head = load_head(bundle)
     n_labels = len(bundle.labels)
@@ -100,7 +100,7 @@ def _cam_ms(bundle, features: np.ndarray, repeat: int) -> dict[str, float]:
     def three() -> None:
         for label in range(min(3, n_labels)):
             cam = grad_cam(head, features, label, bundle.task)
-            cam_peak(cam, (FILM_SIDE, FILM_SIDE))
+            cam_peaks(cam, (FILM_SIDE, FILM_SIDE))
             upsample(cam, (FILM_SIDE, FILM_SIDE))
 
     return {"cam_one_label_ms": _median_ms(lambda: grad_cam(head, features, 0, bundle.task), repeat * 5),
