@@ -46,7 +46,7 @@ from edge.cam import BASELINE, EXACT_PREFIX, HEADS, OPS, head_logits, make_head
 from edge.runtime import scores_from_logits
 
 __all__ = ["CAM_FILE", "HEAD_POOL", "bias_correct", "head_arrays", "head_forward", "head_scores",
-           "per_label_baseline", "pooled", "save_head", "with_baseline"]
+           "films_averaged", "per_label_baseline", "pooled", "save_head", "with_baseline"]
 
 CAM_FILE = "cam_head.npz"
 HEAD_POOL = {"chexnet": "avg", "paper": "concat-max-avg"}
@@ -103,6 +103,14 @@ def bias_correct(head: str, arrays: dict[str, np.ndarray], offset: np.ndarray) -
     return out
 
 
+def films_averaged(targets: np.ndarray) -> np.ndarray:
+    """(L,) int: how many films each label's baseline averages (targets N×L, multi-hot or one-hot): the
+    films without the label, or all N when every film has it or none does (the mean of all)."""
+    has = np.asarray(targets) > 0
+    without = (~has).sum(axis=0)
+    return np.where(without == 0, len(has), without)
+
+
 def per_label_baseline(features: np.ndarray, targets: np.ndarray) -> np.ndarray:
     """(L, H, W, C) float32: per label, the mean of the feature maps (N×H×W×C) of the films whose
     targets (N×L, multi-hot or one-hot) lack it; the mean of all films for a label that every film has."""
@@ -111,12 +119,11 @@ def per_label_baseline(features: np.ndarray, targets: np.ndarray) -> np.ndarray:
         raise ValueError(f"expected N×L targets for {len(features)} feature maps, got shape {has.shape}")
     total = features.sum(axis=0, dtype=np.float64)
     out = np.empty((has.shape[1], *features.shape[1:]), np.float32)
-    for label in range(has.shape[1]):
-        n_without = int((~has[:, label]).sum())
-        if n_without in (0, len(features)):  # every film has the label, or none: the mean of all
-            out[label] = total / len(features)
+    for label, n in enumerate(films_averaged(has)):
+        if n == len(features):  # the mean of all
+            out[label] = total / n
         else:
-            out[label] = (total - features[has[:, label]].sum(axis=0, dtype=np.float64)) / n_without
+            out[label] = (total - features[has[:, label]].sum(axis=0, dtype=np.float64)) / n
     return out
 
 

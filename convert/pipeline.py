@@ -158,7 +158,7 @@ def _write(path: Path, data: bytes) -> Path:
 def _head(state: _State) -> None:
     """The float head for edge's scores and CAM (convert.camhead): bias-corrected for the int8 features,
     with the CAM baseline, both measured on the calibration films."""
-    from convert.camhead import bias_correct, head_arrays, per_label_baseline, pooled, with_baseline
+    from convert.camhead import bias_correct, films_averaged, head_arrays, per_label_baseline, pooled, with_baseline
     from convert.tflite import tflite_run
 
     a, head, opts = state.art, state.art["meta"]["head"], state.opts
@@ -178,11 +178,11 @@ def _head(state: _State) -> None:
     if opts.cam_baseline:
         targets = a["cal"].targets
         a["head"] = with_baseline(a["head"], per_label_baseline(int8, targets), per_label_baseline(fp32, targets))
-        without = [int(n) if 0 < n < len(cal) else len(cal) for n in (np.asarray(targets) <= 0).sum(axis=0)]
         a["cam_baseline"] = {**where, "array": "baseline", "per_label": True,
                              "statistic": "per label: mean feature map of the calibration films without the label "
                                           "(all of them when every film or none has it)",
-                             "films_averaged": dict(zip(a["meta"]["labels"], without, strict=True))}
+                             "films_averaged": dict(zip(a["meta"]["labels"], films_averaged(targets).tolist(),
+                                                        strict=True))}
 
 
 def _fidelity(state: _State) -> None:

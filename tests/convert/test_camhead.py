@@ -71,7 +71,7 @@ def test_with_baseline_adds_both_feature_maps_and_edge_reads_the_one_for_its_mod
 
 
 def test_per_label_baseline_is_the_mean_of_the_films_without_the_label():
-    from convert.camhead import per_label_baseline
+    from convert.camhead import films_averaged, per_label_baseline
 
     rng = np.random.default_rng(0)
     features = rng.random((6, 2, 3, 4), dtype=np.float32)
@@ -81,5 +81,6 @@ def test_per_label_baseline_is_the_mean_of_the_films_without_the_label():
     for label, films in enumerate(([2, 3, 5], [0, 1, 2, 4, 5], [0, 3, 4, 5])):
         np.testing.assert_allclose(base[label], features[films].mean(axis=0), rtol=1e-6)
     np.testing.assert_allclose(base[3], features.mean(axis=0), rtol=1e-6)  # every film has it: the mean of all
+    assert films_averaged(targets).tolist() == [3, 5, 4, 6]  # what bundle.json records per label
     with pytest.raises(ValueError, match="N×L targets"):
         per_label_baseline(features, targets[:5])

@@ -126,11 +126,11 @@ def cam_figures(checkpoint, bundle_dir, phantom_set) -> dict:
             flat += r is None
             corr += [] if r is None else [r]
             peaks = {method: cam_peak(cam, film.shape, method=method) for method in PEAKS}
-            peak, ref_peak = cam_peak(cam, film.shape), cam_peak(ref, film.shape)  # the default method
+            found, ref_peak = cam_peaks(cam, film.shape), cam_peak(ref, film.shape)  # the default method
+            peak = found[0]
+            assert peak == peaks["parabolic"]  # cam_peak's default method: cam_peaks' hottest is its peak
             label_boxes = [box for lab, box in boxes if lab == label]
             pointing += any(_inside(peak, box) for box in label_boxes)
-            found = cam_peaks(cam, film.shape)
-            assert found[0] == peak
             hits = _matched(found[:len(label_boxes)], label_boxes)
             lesions_hit += hits
             extra += max(0, len(found) - len(label_boxes))  # peaks beyond the drawn lesions: marked, not scored
