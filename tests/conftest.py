@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from train.repro import pinned_env
+
 ROOT = Path(__file__).resolve().parents[1]
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
@@ -43,14 +45,17 @@ def _netns_prefix() -> list[str]:
 NETNS = _netns_prefix()
 
 
-def run_offline(module: str, args: list[str], log: Path, timeout: float = 1800) -> subprocess.CompletedProcess:
+def run_offline(module: str, args: list[str], log: Path, timeout: float = 1800,
+                env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run ``python -m module args`` with no network (tests/offline.py); network attempts go to ``log``."""
     cmd = [*NETNS, sys.executable, str(ROOT / "tests" / "offline.py"), str(log), module, *args]
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False)
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False, env=env)
 
 
 def _run_stage(module: str, args: list[str], out: Path) -> None:
-    proc = run_offline(module, args, out / "network.log")
+    """A fixture stage, with the CPU's instruction sets and threads pinned (train.repro): the session's
+    phantoms, model and bundle are the same on every x86-64 machine, so its quality figures are too."""
+    proc = run_offline(module, args, out / "network.log", env=pinned_env())
     (out / f"{module}.log").write_text(proc.stdout + proc.stderr)
     tail = (proc.stdout + proc.stderr)[-4000:]
     assert proc.returncode == 0, f"python -m {module} failed ({proc.returncode}):\n{tail}"
@@ -107,7 +112,7 @@ def phantom_set() -> Path:
     def build(tmp: Path) -> None:
         _run_stage("train.phantoms", ["--out", str(tmp), "--patients", str(PHANTOM_PATIENTS), "--seed",
                                       str(PHANTOM_SEED), "--test-fraction", str(PHANTOM_TEST_FRACTION), "--quiet"], tmp)
-    key = _key(("train/phantoms.py", "tests/offline.py"),
+    key = _key(("train/phantoms.py", "train/phantom_draw.py", "train/repro.py", "tests/offline.py"),
                f"{PHANTOM_PATIENTS}-{PHANTOM_SEED}-{PHANTOM_TEST_FRACTION}")
     return _build_once("phantoms", key, build)
 
@@ -126,7 +131,8 @@ def few_films(phantom_set: Path, tmp_path: Path) -> Path:
 def trained_run(phantom_set: Path) -> Path:
     """A run folder of the real DenseNet-121 trained briefly on the CPU (preset 'test')."""
     def build(tmp: Path) -> None:
-        _run_stage("train", ["--data", str(phantom_set), "--out", str(tmp), "--preset", "test"], tmp)
+        _run_stage("train", ["--data", str(phantom_set), "--out", str(tmp), "--preset", "test", "--reproducible"],
+                   tmp)
     return _build_once("run", _key(_ARTIFACT_SOURCES, phantom_set.name), build)
 
 

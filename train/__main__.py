@@ -20,7 +20,7 @@ __all__ = ["main"]
 _OVERRIDES = ("task", "head", "epochs", "head_epochs", "head_lr", "batch_size", "lr", "weight_decay", "optimizer",
               "schedule", "pretrained", "amp", "channels_last", "workers", "seed", "val_fraction", "split",
               "max_minutes", "device", "max_train_films", "threshold_rule", "checkpoint_minutes", "log_every",
-              "dropout", "image_size", "threads")
+              "dropout", "image_size", "threads", "reproducible")
 
 
 def _sizes(text: str) -> list[int]:
@@ -62,7 +62,9 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--image-size", type=int, help="cache/evaluation size (224 for a bundle; smaller for tests)")
     g.add_argument("--train-sizes", type=_sizes, help="per-epoch train sizes, e.g. 128,160,224 (last repeats)")
     g.add_argument("--workers", type=int)
-    g.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
+    g.add_argument("--threads", type=int, help="torch CPU threads (default: all cores; --reproducible: 2)")
+    g.add_argument("--reproducible", action="store_true", default=None,
+                   help="CPU: pin instruction sets and threads so every x86-64 machine trains the same model")
     g.add_argument("--seed", type=int)
     g.add_argument("--val-fraction", type=float)
     g.add_argument("--split", choices=SPLITS)
@@ -115,6 +117,7 @@ def _config(args: argparse.Namespace):
 
 
 def _summary(result: dict, data_dir: Path) -> str:
+    from train.checkpoint import load_checkpoint, weights_digest
     from train.fit import data_kind
 
     def fmt(v):
@@ -126,7 +129,8 @@ def _summary(result: dict, data_dir: Path) -> str:
              f"{result['steps']} steps, {result['seconds']:.0f} s{budget})",
              f"test macro AUROC {fmt(result['test_macro_auroc'])} over {len(labels)} labels ({', '.join(labels)}); "
              f"validation {fmt(result['val_macro_auroc'])}",
-             f"run folder: {result['run']} (config.json, metrics.json, roc.png, pr.png, history.png)"]
+             f"run folder: {result['run']} (config.json, metrics.json, roc.png, pr.png, history.png)",
+             f"weights sha256: {weights_digest(load_checkpoint(result['best'])[0])}"]
     if data_kind(data_dir) == "phantom":
         lines.append("trained on phantom films: for demonstration only, not for diagnosis")
     return "\n".join(lines)
@@ -172,4 +176,7 @@ if __name__ == "__main__":
     # free. Only for this process, only when the user has not chosen, and only before torch loads.
     import os
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if "--reproducible" in sys.argv[1:]:
+        from train.repro import reexec_pinned
+        reexec_pinned("train", sys.argv[1:])  # the pins must be in place before torch loads
     sys.exit(main())

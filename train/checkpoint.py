@@ -30,7 +30,7 @@ from edge.store import atomic_write_bytes
 from train.model import DenseNet121, build_model
 
 __all__ = ["CHECKPOINT_FORMAT", "CheckpointError", "load_checkpoint", "model_from_checkpoint",
-           "save_checkpoint"]
+           "save_checkpoint", "weights_digest"]
 
 CHECKPOINT_FORMAT = "xray-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -80,6 +80,19 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     if missing:
         raise CheckpointError(f"{path}: checkpoint description lacks {', '.join(missing)}")
     return state, meta
+
+
+def weights_digest(state: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of the weights alone (names, dtypes, shapes, bytes), not of the description beside them:
+    two runs trained the same model exactly when their digests are equal."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.view(torch.int16).numpy().tobytes())
+    return h.hexdigest()
 
 
 def model_from_checkpoint(path: str | Path) -> tuple[DenseNet121, dict]:

@@ -75,6 +75,7 @@ class TrainConfig:
     channels_last: bool = False
     compile: bool = False                  # torch.compile the training forward/backward (GPU; slow to start)
     threads: int | None = None             # torch CPU threads for this run (None: torch's default, the cores)
+    reproducible: bool = False             # CPU: instruction sets and threads pinned (train.repro), same model anywhere
     workers: int = 0                       # DataLoader workers (0: load in the training process)
     cache: bool = True                     # decode films once into a uint8 cache (False: decode every epoch)
     image_size: int = 224                  # cache and evaluation size; the bundle runs 224 (smaller: tests only)
@@ -146,12 +147,17 @@ def _check(cfg: TrainConfig) -> TrainConfig:
             raise ConfigError(f"{name} must be positive, got {getattr(cfg, name)!r}")
     if cfg.head_epochs < 0 or cfg.workers < 0 or cfg.threads is not None and cfg.threads < 1:
         raise ConfigError("head_epochs and workers must not be negative, threads at least 1")
+    if cfg.reproducible and cfg.device == "cuda":
+        raise ConfigError("reproducible is for CPU training (device cpu or auto), not cuda")
     if not 0.0 < cfg.val_fraction < 1.0:
         raise ConfigError(f"val_fraction must be between 0 and 1, got {cfg.val_fraction}")
     if not 32 <= cfg.image_size <= 1024 or any(s < 32 or s > cfg.image_size for s in cfg.train_sizes):
         raise ConfigError(f"train_sizes must be within 32..image_size ({cfg.image_size}), got {cfg.train_sizes}")
     if cfg.zoom < 1.0 or not 0.0 <= cfg.contrast < 1.0 or cfg.max_minutes is not None and cfg.max_minutes <= 0:
         raise ConfigError("zoom must be >= 1, contrast in [0, 1), max_minutes positive")
+    if cfg.reproducible and cfg.threads is None:
+        from train.repro import PINNED_THREADS
+        cfg = dataclasses.replace(cfg, threads=PINNED_THREADS)  # the thread count is part of the result
     return cfg
 
 
