@@ -9,7 +9,10 @@ DEMO ?= demo-out
 FILMS ?=
 PYTEST_ARGS ?=
 
-.PHONY: install test lint demo convert bench bench-train fuzz lock aarch64-check clean
+SPREAD ?= spread-out
+SEEDS ?= 0 1 2
+
+.PHONY: install test lint demo convert bench bench-train seed-spread fuzz lock aarch64-check clean
 
 install: $(STAMP)
 
@@ -47,6 +50,11 @@ bench: install
 bench-train: install
 	OMP_WAIT_POLICY=PASSIVE $(PY) -m train.bench
 
+# The test session's recipe trained with each seed, converted and measured: figure x seed, min/median/max
+# against the suite's bars (~12 min a seed on 2 cores; a second call only adds what is missing).
+seed-spread: install
+	$(PY) -m convert.spread --out $(SPREAD) --seeds $(SEEDS)
+
 fuzz: install
 	FUZZ_ITERATIONS=20000 $(PY) -m pytest tests/edge/test_fuzz.py -q
 
@@ -62,4 +70,4 @@ lock: install
 	  | sed 's/+cpu$$//'; } > constraints.txt.new && mv constraints.txt.new constraints.txt
 
 clean:
-	rm -rf $(VENV) $(DEMO) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(DEMO) $(SPREAD) .pytest_cache .ruff_cache

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from convert.spread import CONVERT_ARGS, PHANTOMS, TRAIN_ARGS
 from train.repro import pinned_env
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,9 +30,9 @@ _ARTIFACT_SOURCES = tuple(sorted(str(p.relative_to(ROOT)) for p in (ROOT / "trai
     "edge/preprocess.py", "edge/films.py", "edge/dicom.py", "tests/offline.py")
 _CONVERT_SOURCES = tuple(str(p.relative_to(ROOT)) for p in sorted((ROOT / "convert").glob("*.py")))
 
-PHANTOM_PATIENTS = 220
-PHANTOM_TEST_FRACTION = 0.35  # ~190 held-out films: enough positives per label to measure |dAUROC| to 0.005
-PHANTOM_SEED = 7
+# The session recipe (convert.spread, which also measures it over training seeds): ~190 held-out films,
+# enough positives per label to measure |dAUROC| to 0.005.
+PHANTOM_PATIENTS, PHANTOM_SEED, PHANTOM_TEST_FRACTION = (PHANTOMS[k] for k in ("patients", "seed", "test_fraction"))
 
 
 def _netns_prefix() -> list[str]:
@@ -131,8 +132,7 @@ def few_films(phantom_set: Path, tmp_path: Path) -> Path:
 def trained_run(phantom_set: Path) -> Path:
     """A run folder of the real DenseNet-121 trained briefly on the CPU (preset 'test')."""
     def build(tmp: Path) -> None:
-        _run_stage("train", ["--data", str(phantom_set), "--out", str(tmp), "--preset", "test", "--reproducible"],
-                   tmp)
+        _run_stage("train", ["--data", str(phantom_set), "--out", str(tmp), *TRAIN_ARGS], tmp)
     return _build_once("run", _key(_ARTIFACT_SOURCES, phantom_set.name), build)
 
 
@@ -148,6 +148,6 @@ def bundle_dir(checkpoint: Path, phantom_set: Path) -> Path:
         # Relaxed int8 limits so a bundle always exists for the tests that use one; the default limits
         # are asserted on its fidelity report by tests/convert/test_end_to_end.py.
         _run_stage("convert", [str(checkpoint), "--data", str(phantom_set), "--out", str(tmp / "bundle"),
-                               "--calibration", "72", "--max-mean-dauroc", "0.05", "--max-dscore", "0.2"], tmp)
+                               *CONVERT_ARGS], tmp)
     root = _build_once("bundle", _key(_ARTIFACT_SOURCES + _CONVERT_SOURCES, checkpoint.parent.name), build)
     return root / "bundle"
