@@ -14,6 +14,7 @@ from pathlib import Path
 from convert.errors import ConvertError
 from convert.fidelity import LIMITS
 from convert.tflite import QUANTIZATIONS
+from edge.cli import run_main
 
 __all__ = ["build_parser", "main"]
 
@@ -76,22 +77,16 @@ def _options(args: argparse.Namespace):
                    verbose=args.verbose)
 
 
-def main(argv: list[str] | None = None) -> int:
-    from edge.errors import EdgeError
+def _run(args: argparse.Namespace) -> int:
+    from convert.pipeline import convert
 
-    args = build_parser().parse_args(argv)
-    try:
-        from convert.pipeline import convert
-
-        timings = convert(_options(args))
-    except (ConvertError, EdgeError) as err:
-        print(f"convert: error: {err}", file=sys.stderr)
-        return getattr(err, "exit_code", 2)
-    except KeyboardInterrupt:
-        print("convert: interrupted; nothing was written", file=sys.stderr)
-        return 130
+    timings = convert(_options(args))
     print(f"bundle written to {args.out} in {timings['total']:.0f} s")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_main("convert", lambda: build_parser().parse_args(argv), _run, "interrupted; nothing was written")
 
 
 if __name__ == "__main__":

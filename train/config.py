@@ -31,6 +31,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from edge.errors import XrayError
+
 __all__ = ["AMP", "OPTIMIZERS", "PRESETS", "SCHEDULES", "THRESHOLD_RULES", "ConfigError", "TrainConfig", "dumps",
            "from_json", "preset_names", "resolve"]
 
@@ -42,7 +44,7 @@ SPLITS = ("official", "random-images")
 DEVICES = ("auto", "cpu", "cuda")
 
 
-class ConfigError(ValueError):
+class ConfigError(XrayError, ValueError):
     """A configuration value a user gave is not allowed. The message says which and why."""
 
 

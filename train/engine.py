@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.errors import EdgeError
+from edge.errors import XrayError
 from train.config import TrainConfig, dumps
 
 __all__ = ["FitError", "activation", "autocast", "criterion", "epoch_indices", "loader", "make_optimizer",
@@ -24,7 +24,7 @@ __all__ = ["FitError", "activation", "autocast", "criterion", "epoch_indices", "
 _AMP_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}
 
 
-class FitError(EdgeError):
+class FitError(XrayError):
     """A run folder, resume state, pretrained file or data problem the user can act on."""
 
 
@@ -216,12 +216,12 @@ def predict_films(model, kind: str, data_dir: str | Path, data_meta: dict, split
 
 
 def write_json(path: Path, data: dict) -> None:
-    from edge.store import atomic_write_bytes, json_default
+    from edge.fsio import atomic_write_bytes, json_default
 
     atomic_write_bytes(path, json.dumps(data, indent=2, default=json_default).encode())
 
 
 def write_config(path: Path, cfg: TrainConfig) -> None:
-    from edge.store import atomic_write_bytes
+    from edge.fsio import atomic_write_bytes
 
     atomic_write_bytes(path, dumps(cfg).encode())

@@ -271,7 +271,7 @@ def _evaluate(args: argparse.Namespace) -> dict:
     which = meta["config"].get("eval_labels", "present")
     numbers = write_report(out, y, scores, meta["labels"], meta["thresholds"], which, name=args.split)
     numbers = {"checkpoint": str(args.checkpoint), "split": args.split, **numbers}
-    from edge.store import atomic_write_bytes
+    from edge.fsio import atomic_write_bytes
     atomic_write_bytes(out / "metrics.json", json.dumps(numbers, indent=2).encode())
     print(f"{args.split}: {numbers['films']} films, macro AUROC {_fmt(numbers['macro_auroc'])} over "
           f"{len(numbers['evaluated_labels'])} labels, micro AUROC {_fmt(numbers['micro_auroc'])}, "
@@ -283,17 +283,15 @@ def _fmt(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.3f}"
 
 
-def main(argv: list[str] | None = None) -> int:
-    from edge.errors import EdgeError
-    from train.checkpoint import CheckpointError
-
-    args = _parser().parse_args(argv)
-    try:
-        _evaluate(args)
-    except (EdgeError, CheckpointError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+def _run(args: argparse.Namespace) -> int:
+    _evaluate(args)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from edge.cli import run_main
+
+    return run_main("train.evaluate", lambda: _parser().parse_args(argv), _run)
 
 
 if __name__ == "__main__":

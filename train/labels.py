@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.errors import EdgeError
+from edge.errors import XrayError
 
 __all__ = ["BBOX_ALIASES", "LABELS", "NO_FINDING", "Box", "DataError", "Entry", "multi_hot", "read_bboxes",
            "read_data_entry"]
@@ -48,7 +48,7 @@ _AGE = re.compile(r"^(\d+)([YMD]?)$")
 _AGE_UNIT_DAYS = {"M": 365.25 / 12, "D": 1.0}
 
 
-class DataError(EdgeError):
+class DataError(XrayError):
     """A metadata file is missing or malformed. Names the file (and line) and the problem."""
 
     def __init__(self, path: str | Path, problem: str, line: int | None = None):

@@ -59,7 +59,7 @@ def rng_states(d) -> list[dict]:
 def save_state(path: Path, run, rng: list[dict]) -> None:
     import torch
 
-    from edge.store import atomic_write_bytes
+    from edge.fsio import atomic_write_bytes
 
     state = {"version": STATE_VERSION, "config": run.cfg.to_json(),
              "model": {k: v.detach().cpu() for k, v in run.model.state_dict().items()},

@@ -13,7 +13,7 @@ from PIL import Image, ImageFilter
 import edge.capture
 from edge.capture import INSTALL_PICAMERA2, check_frame, crop_lightbox, main, run_session, sharpness
 from edge.films import load_film
-from edge.scan import ScanContext
+from edge.service import ScanContext
 from edge.store import Store
 from tests.edge.test_scan import FakeExplainer, FakeModel, fake_bundle, install_fakes
 
