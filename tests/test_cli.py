@@ -82,5 +82,6 @@ def test_every_error_class_has_one_root():
 
 
 def test_film_error_kind():
-    assert FilmError("a.png", "damaged or unsupported PNG image (broken data)").kind == "damaged or unsupported PNG image"
+    damaged = FilmError("a.png", "damaged or unsupported PNG image (broken data)")
+    assert damaged.kind == "damaged or unsupported PNG image"
     assert FilmError("a.png", "not an image: text", kind="not an image").kind == "not an image"

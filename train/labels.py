@@ -21,7 +21,7 @@ from __future__ import annotations
 import csv
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -29,7 +29,7 @@ import numpy as np
 
 from edge.errors import XrayError
 
-__all__ = ["BBOX_ALIASES", "LABELS", "NO_FINDING", "Box", "DataError", "Entry", "multi_hot", "read_bboxes",
+__all__ = ["BBOX_ALIASES", "LABELS", "NO_FINDING", "Box", "DataError", "Entry", "Film", "multi_hot", "read_bboxes",
            "read_data_entry"]
 
 LABELS: tuple[str, ...] = (
@@ -55,6 +55,16 @@ class DataError(XrayError):
         self.path, self.line, self.problem = str(path), line, problem
         where = f"{self.path}:{line}" if line is not None else self.path
         super().__init__(f"{where}: {problem}")
+
+
+@dataclass(frozen=True)
+class Film:
+    """One film to train or test on. ``target``: multi-hot over the task labels, or one-hot class."""
+
+    image: str
+    path: Path
+    patient: int
+    target: np.ndarray = field(compare=False, repr=False)
 
 
 @dataclass(frozen=True)
