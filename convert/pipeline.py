@@ -19,16 +19,12 @@ import numpy as np
 
 from convert.errors import ConvertError
 from convert.fidelity import LIMITS
+from edge.heads import HEADS
 
 __all__ = ["Options", "convert"]
 
 MB = 1_000_000
 SUPPORTED_ARCHS = ("densenet121",)
-# How BatchNorms that follow no convolution are exported, per head ("auto"): a 1×1 depthwise convolution is
-# more precise in int8 than MUL + ADD, but its per-channel parameters add ~0.8 MB, too much next to the
-# paper head's 2048×512 layer under the 8.5 MB limit.
-BATCHNORM = {"chexnet": "depthwise", "paper": "mul"}
-SCORES = ("features", "model")  # where edge takes the scores from (bundle.json "scoring")
 
 
 @dataclass
@@ -107,7 +103,7 @@ def _export(state: _State) -> None:
     from convert.export import export_onnx
 
     model, meta = state.art["model"], state.art["meta"]
-    bn = BATCHNORM[meta["head"]] if state.opts.batchnorm == "auto" else state.opts.batchnorm
+    bn = HEADS[meta["head"]].batchnorm if state.opts.batchnorm == "auto" else state.opts.batchnorm
     state.art["batchnorm"], task, dw = bn, meta["task"], bn == "depthwise"
     state.art["onnx"] = export_onnx(model, task, state.work / "model.onnx", "uint8", depthwise_bn=dw)
     state.art["onnx_float"] = export_onnx(model, task, state.work / "model_float_input.onnx", "float32",
@@ -257,7 +253,7 @@ def _edgetpu(state: _State) -> None:
 
 def _bundle(state: _State) -> None:
     from convert.bundle import MODEL_FILES, build_spec, tflite_io, write_bundle
-    from convert.camhead import CAM_FILE, HEAD_POOL, save_head
+    from convert.camhead import CAM_FILE, save_head
     from convert.provenance import provenance
     from edge.bundle import TASK_ACTIVATION
 
@@ -270,7 +266,7 @@ def _bundle(state: _State) -> None:
     if "edgetpu_model" in a:
         io[MODEL_FILES["edgetpu"]] = io[MODEL_FILES["int8"]]  # the compiler keeps the input/output tensors
         files.update({MODEL_FILES["edgetpu"]: a["edgetpu_model"], "edgetpu_compiler.log": a["edgetpu_log"]})
-    cam = {"head": meta["head"], "pool": HEAD_POOL[meta["head"]], "params": CAM_FILE,
+    cam = {"head": meta["head"], "pool": HEADS[meta["head"]].pool, "params": CAM_FILE,
            "feature_shape": io[MODEL_FILES["int8"]]["features"]["shape"][1:], "arrays": sorted(arrays),
            "baseline": a["cam_baseline"]}
     scoring = {"from": state.opts.scores, "activation": TASK_ACTIVATION[meta["task"]], "params": CAM_FILE,
