@@ -20,7 +20,7 @@ from edge.bundle import BUNDLE_JSON, FORMAT, FORMAT_VERSION, load_bundle, sha256
 from edge.fsio import atomic_write_bytes, fsync_dir, is_disk_full, json_default
 from edge.preprocess import PREPROCESS
 
-__all__ = ["build_spec", "tflite_io", "write_bundle"]
+__all__ = ["MODEL_FILES", "build_spec", "tflite_io", "write_bundle"]
 
 MODEL_FILES = {"int8": "model_int8.tflite", "fp32": "model_fp32.tflite", "edgetpu": "model_int8_edgetpu.tflite"}
 

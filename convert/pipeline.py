@@ -21,14 +21,18 @@ from convert.errors import ConvertError
 from convert.fidelity import LIMITS
 from edge.heads import HEADS
 
-__all__ = ["Options", "convert"]
+__all__ = ["BATCHNORMS", "SCORES", "Options", "convert"]
 
 MB = 1_000_000
 SUPPORTED_ARCHS = ("densenet121",)
+BATCHNORMS = ("auto", "depthwise", "mul")  # auto: the head's choice (edge.heads)
+SCORES = ("features", "model")  # where edge takes the scores from (bundle.json "scoring")
 
 
 @dataclass
 class Options:
+    """What ``python -m convert`` was asked; the command line's defaults are these."""
+
     checkpoint: Path
     data: Path
     out: Path

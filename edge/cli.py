@@ -1,7 +1,8 @@
 """The one place where errors become exit codes: every command's ``main`` is ``run_main``.
 
 Exit status: 0 done; what ``run`` returns (1: some films failed); ``XrayError.exit_code`` (2: a
-problem the user can act on, one line on stderr); 2 refused arguments; 130 Ctrl-C. Anything that
+problem the user can act on, one line ``PROG: error: MESSAGE`` on stderr); 2 refused arguments
+(argparse's own message); 130 Ctrl-C. Anything that
 is not an ``XrayError`` is a bug and keeps its traceback.
 """
 
@@ -34,7 +35,8 @@ def run_main(prog: str, parse: Callable[[], argparse.Namespace], run: Callable[[
              stopped: str | Callable[[argparse.Namespace], str] = "interrupted",
              check: Callable[[argparse.Namespace], str | None] = lambda args: None) -> int:
     """A command's ``main``: parse, ``check`` (a message refuses the arguments, exit 2), run; an
-    XrayError is one line on stderr and its exit code, Ctrl-C prints ``stopped`` and exits 130."""
+    XrayError is one line on stderr (``PROG: error: MESSAGE``) and its exit code; Ctrl-C prints
+    ``stopped`` and exits 130."""
     try:
         args = parse()
     except SystemExit as exit_:
@@ -46,7 +48,7 @@ def run_main(prog: str, parse: Callable[[], argparse.Namespace], run: Callable[[
     try:
         return run(args)
     except XrayError as err:
-        print(f"{prog}: {printable(str(err))}", file=sys.stderr)
+        print(f"{prog}: error: {printable(str(err))}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
         print(f"{prog}: {stopped(args) if callable(stopped) else stopped}", file=sys.stderr)

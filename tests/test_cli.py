@@ -59,7 +59,7 @@ def test_same_error_same_exit_code_and_message(module, monkeypatch, capsys):
             raise err
         monkeypatch.setattr(mod, "_run", run)
         assert mod.main(argv) == err.exit_code == 2, (module, err)
-        assert capsys.readouterr().err == f"{prog}: {err}\n"
+        assert capsys.readouterr().err == f"{prog}: error: {err}\n"
 
     def interrupted(args):
         raise KeyboardInterrupt

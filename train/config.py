@@ -33,8 +33,8 @@ from typing import Any
 
 from edge.errors import XrayError
 
-__all__ = ["AMP", "OPTIMIZERS", "PRESETS", "SCHEDULES", "THRESHOLD_RULES", "ConfigError", "TrainConfig", "dumps",
-           "from_json", "preset_names", "resolve"]
+__all__ = ["AMP", "DEVICES", "OPTIMIZERS", "PRESETS", "SCHEDULES", "SPLITS", "THRESHOLD_RULES", "ConfigError",
+           "TrainConfig", "dumps", "from_json", "preset_names", "resolve"]
 
 AMP = ("none", "bf16", "fp16")
 OPTIMIZERS = ("adam", "adamw")

@@ -201,7 +201,7 @@ def predict_films(model, kind: str, data_dir: str | Path, data_meta: dict, split
     """(targets, scores) of one split of the dataset a checkpoint was trained on (for train.evaluate)."""
     torch = _torch()
     from train.data import CachedFilms, build_cache, load_dataset
-    from train.distributed import Dist, _device
+    from train.distributed import Dist, pick_device
 
     ds = load_dataset(data_dir, task=data_meta["task"], val_fraction=data_meta["val_fraction"],
                       seed=data_meta["seed"], split=data_meta["split"])
@@ -209,7 +209,7 @@ def predict_films(model, kind: str, data_dir: str | Path, data_meta: dict, split
     if not films:
         raise FitError(f"{data_dir}: the {split} split has no films")
     cache = build_cache(ds.films, cache_dir, size, workers=None, progress=True)
-    d = Dist(device=_device(device, 0))
+    d = Dist(device=pick_device(device, 0))
     z, y = predict(model.to(d.device), CachedFilms(cache, films), d, batch_size=batch_size)
     return y, activation(kind, torch.from_numpy(z)).numpy()
 

@@ -37,9 +37,7 @@ from edge.preprocess import PREPROCESS
 from train.config import TrainConfig
 from train.engine import FitError, write_config, write_json
 
-__all__ = ["STATE_VERSION", "FitError", "fit"]
-
-STATE_VERSION = 1
+__all__ = ["FitError", "Run", "data_kind", "fit"]
 
 
 def fit(cfg: TrainConfig, data_dir: str | Path, run_dir: str | Path, *, resume: bool = False, log=print,

@@ -154,9 +154,9 @@ def final_evaluation(run) -> dict:
 
 
 def plot_history(history: list[dict], path: Path) -> Path:
-    from train.evaluate import _figure
+    from train.evaluate import pyplot
 
-    plt = _figure()
+    plt = pyplot()
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
     epochs = [h["epoch"] for h in history]
     a.plot(epochs, [h["train_loss"] for h in history], "o-", label="train loss")

@@ -157,5 +157,5 @@ def test_missing_picamera2_is_one_line_exit_2(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "picamera2", None)  # import picamera2 -> ImportError
     assert main(["--bundle", str(tmp_path), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
-    assert err == f"edge.capture: {INSTALL_PICAMERA2}\n"
+    assert err == f"edge.capture: error: {INSTALL_PICAMERA2}\n"
     assert not (tmp_path / "out").exists()
