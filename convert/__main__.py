@@ -8,14 +8,19 @@ below the limits, model too large, full disk, existing bundle without --force).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
 from convert.errors import ConvertError
-from convert.fidelity import LIMITS
+from convert.pipeline import BATCHNORMS, SCORES, Options
 from convert.tflite import QUANTIZATIONS
+from edge.cli import run_main
 
 __all__ = ["build_parser", "main"]
+
+_DEFAULTS = {f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+             for f in dataclasses.fields(Options)}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,28 +30,32 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the NIH-layout data folder it was trained on (calibration: validation films, "
                         "fidelity: test films)")
     p.add_argument("--out", type=Path, required=True, help="bundle folder to write")
-    p.add_argument("--calibration", type=int, default=300, metavar="N", help="calibration films (default 300)")
-    p.add_argument("--heldout", type=int, default=200, metavar="N", help="held-out films for fidelity (default 200)")
+    p.add_argument("--calibration", type=int, default=_DEFAULTS["calibration"], metavar="N",
+                   help="calibration films (default %(default)s)")
+    p.add_argument("--heldout", type=int, default=_DEFAULTS["heldout"], metavar="N",
+                   help="held-out films for fidelity (default %(default)s)")
     p.add_argument("--force", action="store_true", help="replace an existing bundle (after the new one is complete)")
-    p.add_argument("--quantization", choices=sorted(QUANTIZATIONS), default="per-channel",
+    p.add_argument("--quantization", choices=sorted(QUANTIZATIONS), default=_DEFAULTS["quantization"],
                    help="weight quantisation (per-tensor: coarser, for older Edge TPU compilers)")
-    defaults = {name: limit for name, (_, limit) in LIMITS.items()}
-    p.add_argument("--max-mean-dauroc", type=float, default=defaults["mean_abs_dauroc"],
+    limits = _DEFAULTS["limits"]
+    p.add_argument("--max-mean-dauroc", type=float, default=limits["mean_abs_dauroc"],
                    help="limit: int8 vs fp32 mean per-label |dAUROC| (default %(default)s)")
-    p.add_argument("--max-dscore", type=float, default=defaults["max_abs_dscore"],
+    p.add_argument("--max-dscore", type=float, default=limits["max_abs_dscore"],
                    help="limit: int8 vs fp32 max |dscore| (default %(default)s)")
-    p.add_argument("--max-onnx-diff", type=float, default=defaults["onnx_vs_torch"],
+    p.add_argument("--max-onnx-diff", type=float, default=limits["onnx_vs_torch"],
                    help="limit: ONNX vs PyTorch max |dscore| (default %(default)s)")
-    p.add_argument("--auroc-min-films", type=int, default=1, metavar="N",
+    p.add_argument("--auroc-min-films", type=int, default=_DEFAULTS["auroc_min_films"], metavar="N",
                    help="AUROC differences over labels with at least N held-out films of each class (default 1: "
                         "both classes present)")
-    p.add_argument("--float-check-films", type=int, default=32, metavar="N",
-                   help="held-out films for the float checks, ONNX vs PyTorch and fp32 TFLite vs ONNX (default 32)")
-    p.add_argument("--max-int8-mb", type=float, default=8.5, help="int8 model size limit in MB (default 8.5)")
-    p.add_argument("--batchnorm", choices=("auto", "depthwise", "mul"), default="auto",
+    p.add_argument("--float-check-films", type=int, default=_DEFAULTS["float_check_films"], metavar="N",
+                   help="held-out films for the float checks, ONNX vs PyTorch and fp32 TFLite vs ONNX "
+                        "(default %(default)s)")
+    p.add_argument("--max-int8-mb", type=float, default=_DEFAULTS["max_int8_mb"],
+                   help="int8 model size limit in MB (default %(default)s)")
+    p.add_argument("--batchnorm", choices=BATCHNORMS, default=_DEFAULTS["batchnorm"],
                    help="BatchNorms after a concatenation as 1x1 depthwise convolutions (more precise in int8, "
                         "~0.8 MB larger) or MUL+ADD; auto: depthwise for the chexnet head, mul for the paper head")
-    p.add_argument("--scores", choices=("features", "model"), default="features",
+    p.add_argument("--scores", choices=SCORES, default=_DEFAULTS["scores"],
                    help="where edge takes the scores from: the float head on the int8 features (default, more "
                         "precise) or the int8 model's own score output; fidelity is checked on that choice")
     p.add_argument("--no-bias-correction", dest="bias_correction", action="store_false",
@@ -54,44 +63,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cam-baseline", dest="cam_baseline", action="store_false",
                    help="plain Grad-CAM: do not store the per-label CAM baselines (mean feature maps of the "
                         "calibration films without each label)")
-    p.add_argument("--seed", type=int, default=0, help="film selection seed")
+    p.add_argument("--seed", type=int, default=_DEFAULTS["seed"], help="film selection seed")
     p.add_argument("--verbose", action="store_true", help="show onnx2tf's own output")
     return p
 
 
 def _options(args: argparse.Namespace):
-    from convert.pipeline import Options
-
     for name in ("calibration", "heldout", "auroc_min_films", "float_check_films"):
         if getattr(args, name) < 1:
             flag = "--" + name.replace("_", "-")
             raise ConvertError(f"{flag} must be a positive number of films, got {getattr(args, name)}")
     limits = {"mean_abs_dauroc": args.max_mean_dauroc, "max_abs_dscore": args.max_dscore,
               "onnx_vs_torch": args.max_onnx_diff}
-    return Options(checkpoint=args.checkpoint, data=args.data, out=args.out, calibration=args.calibration,
-                   heldout=args.heldout, force=args.force, quantization=args.quantization, limits=limits,
-                   max_int8_mb=args.max_int8_mb, batchnorm=args.batchnorm, scores=args.scores,
-                   bias_correction=args.bias_correction, cam_baseline=args.cam_baseline,
-                   auroc_min_films=args.auroc_min_films, float_check_films=args.float_check_films, seed=args.seed,
-                   verbose=args.verbose)
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(Options) if f.name not in ("limits", "log")}
+    return Options(**given, limits=limits)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from convert.pipeline import convert
+
+    timings = convert(_options(args))
+    print(f"bundle written to {args.out} in {timings['total']:.0f} s")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    from edge.errors import EdgeError
-
-    args = build_parser().parse_args(argv)
-    try:
-        from convert.pipeline import convert
-
-        timings = convert(_options(args))
-    except (ConvertError, EdgeError) as err:
-        print(f"convert: error: {err}", file=sys.stderr)
-        return getattr(err, "exit_code", 2)
-    except KeyboardInterrupt:
-        print("convert: interrupted; nothing was written", file=sys.stderr)
-        return 130
-    print(f"bundle written to {args.out} in {timings['total']:.0f} s")
-    return 0
+    return run_main("convert", lambda: build_parser().parse_args(argv), _run, "interrupted; nothing was written")
 
 
 if __name__ == "__main__":

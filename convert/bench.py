@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edge.cli import positive, run_main
+
 __all__ = ["Form", "bench_bundle", "bench_checkpoint", "main", "measure", "ratios"]
 
 INT8, TORCH = "TFLite int8", "PyTorch eager fp32"
@@ -137,43 +139,32 @@ def _table(rows: list[dict], ratio: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
-    return value
-
-
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m convert.bench", description=__doc__.splitlines()[0])
     p.add_argument("paths", nargs="+", type=Path, help="bundle folder(s) and/or checkpoint(s)")
-    p.add_argument("--runs", type=_positive, default=40, help="timed invokes per form and thread count")
+    p.add_argument("--runs", type=positive, default=40, help="timed invokes per form and thread count")
     p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--rounds", type=_positive, default=5, help="interleaved rounds the runs are spread over")
-    p.add_argument("--threads", type=_positive, nargs="+", default=[1, 2])
+    p.add_argument("--rounds", type=positive, default=5, help="interleaved rounds the runs are spread over")
+    p.add_argument("--threads", type=positive, nargs="+", default=[1, 2])
     p.add_argument("--json", type=Path, help="also write the figures here")
-    args = p.parse_args(argv)
-    from convert.errors import ConvertError
-    from edge.errors import EdgeError
-    from train.checkpoint import CheckpointError
+    return p
 
+
+def _measure_all(args: argparse.Namespace) -> list[dict]:
     image = np.random.default_rng(0).integers(0, 256, (224, 224, 3), dtype=np.uint8)
-    try:
-        with ExitStack() as stack:
-            forms, sources = [], []
-            for path in args.paths:
-                found = (bench_bundle(path, image, args.threads) if path.is_dir()
-                         else stack.enter_context(bench_checkpoint(path, image, args.threads)))
-                forms += found
-                sources += [str(path)] * len(found)
-            rows = [{**r, "source": s} for r, s in zip(measure(forms, args.runs, args.warmup, args.rounds), sources,
-                                                       strict=True)]
-    except (ConvertError, EdgeError, CheckpointError) as err:
-        print(f"convert.bench: error: {err}", file=sys.stderr)
-        return 2
+    with ExitStack() as stack:
+        forms, sources = [], []
+        for path in args.paths:
+            found = (bench_bundle(path, image, args.threads) if path.is_dir()
+                     else stack.enter_context(bench_checkpoint(path, image, args.threads)))
+            forms += found
+            sources += [str(path)] * len(found)
+        return [{**r, "source": s} for r, s in zip(measure(forms, args.runs, args.warmup, args.rounds), sources,
+                                                   strict=True)]
+
+
+def _run(args: argparse.Namespace) -> int:
+    rows = _measure_all(args)
     ratio = ratios(rows)
     print(_table(rows, ratio))
     if args.json:
@@ -181,6 +172,9 @@ def main(argv: list[str] | None = None) -> int:
                                          "int8_over_pytorch": ratio}, indent=2) + "\n")
     return 0
 
+
+def main(argv: list[str] | None = None) -> int:
+    return run_main("convert.bench", lambda: _parser().parse_args(argv), _run)
 
 if __name__ == "__main__":
     sys.exit(main())

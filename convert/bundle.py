@@ -9,7 +9,6 @@ half-written bundle is never left where edge would load it.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import shutil
@@ -18,10 +17,10 @@ from pathlib import Path
 
 from convert.errors import ConvertError
 from edge.bundle import BUNDLE_JSON, FORMAT, FORMAT_VERSION, load_bundle, sha256_file
+from edge.fsio import atomic_write_bytes, fsync_dir, is_disk_full, json_default
 from edge.preprocess import PREPROCESS
-from edge.store import fsync_dir, json_default
 
-__all__ = ["build_spec", "tflite_io", "write_bundle"]
+__all__ = ["MODEL_FILES", "build_spec", "tflite_io", "write_bundle"]
 
 MODEL_FILES = {"int8": "model_int8.tflite", "fp32": "model_fp32.tflite", "edgetpu": "model_int8_edgetpu.tflite"}
 
@@ -63,13 +62,6 @@ def build_spec(meta: dict, io: dict[str, dict], cam: dict, extra: dict) -> dict:
     }
 
 
-def _write_file(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def write_bundle(out: str | Path, files: dict[str, bytes | Path], spec: dict, force: bool = False,
                  hook: Callable[[str], None] | None = None) -> Path:
     """Write ``files`` (name -> bytes or a file to copy) and bundle.json into ``out``, atomically.
@@ -93,7 +85,7 @@ def write_bundle(out: str | Path, files: dict[str, bytes | Path], spec: dict, fo
         fsync_dir(out.parent)
     except OSError as err:
         _restore(out, old)
-        if err.errno == errno.ENOSPC:
+        if is_disk_full(err):
             raise ConvertError(f"{out.parent}: disk full while writing the bundle; nothing was written "
                                f"(free space and convert again)") from None
         raise ConvertError(f"{out}: cannot write the bundle ({err.strerror or err})") from None
@@ -112,10 +104,9 @@ def _fill(tmp: Path, files: dict[str, bytes | Path], spec: dict, hook: Callable[
     digests = {}
     for name, data in files.items():
         target = tmp / name
-        _write_file(target, data if isinstance(data, bytes) else Path(data).read_bytes())
+        atomic_write_bytes(target, data if isinstance(data, bytes) else Path(data).read_bytes())
         digests[name] = sha256_file(target)
         hook(name)
     full = {**spec, "files": digests}
-    _write_file(tmp / BUNDLE_JSON, (json.dumps(full, indent=2, default=json_default) + "\n").encode())
+    atomic_write_bytes(tmp / BUNDLE_JSON, (json.dumps(full, indent=2, default=json_default) + "\n").encode())
     hook(BUNDLE_JSON)
-    fsync_dir(tmp)

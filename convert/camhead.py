@@ -42,14 +42,14 @@ from pathlib import Path
 import numpy as np
 
 from edge.bundle import TASK_ACTIVATION
-from edge.cam import BASELINE, EXACT_PREFIX, HEADS, OPS, head_logits, make_head
+from edge.cam import BASELINE, EXACT_PREFIX, OPS, array_name, head_logits, make_head
+from edge.heads import HEADS
 from edge.runtime import scores_from_logits
 
-__all__ = ["CAM_FILE", "HEAD_POOL", "bias_correct", "head_arrays", "head_forward", "head_scores",
+__all__ = ["CAM_FILE", "bias_correct", "head_arrays", "head_forward", "head_scores",
            "films_averaged", "per_label_baseline", "pooled", "save_head", "with_baseline"]
 
 CAM_FILE = "cam_head.npz"
-HEAD_POOL = {"chexnet": "avg", "paper": "concat-max-avg"}
 
 
 def _np(t) -> np.ndarray:
@@ -61,45 +61,48 @@ def _bn(bn) -> tuple[np.ndarray, np.ndarray]:
     return scale.astype(np.float32), (_np(bn.bias) - _np(bn.running_mean) * scale).astype(np.float32)
 
 
-def _chexnet(head) -> dict[str, np.ndarray]:
-    return {"weight": _np(head.classifier.weight), "bias": _np(head.classifier.bias)}
-
-
-def _paper(head) -> dict[str, np.ndarray]:
-    s1, b1 = _bn(head.bn1)
-    s2, b2 = _bn(head.bn2)
-    return {"bn1_scale": s1, "bn1_shift": b1, "fc1_weight": _np(head.fc1.weight), "fc1_bias": _np(head.fc1.bias),
-            "bn2_scale": s2, "bn2_shift": b2, "fc2_weight": _np(head.fc2.weight), "fc2_bias": _np(head.fc2.bias)}
-
-
-_EXTRACT = {"chexnet": _chexnet, "paper": _paper}
+_PARAMS = {"linear": lambda m: {"weight": _np(m.weight), "bias": _np(m.bias)},
+           "affine": lambda m: dict(zip(("scale", "shift"), _bn(m), strict=True))}
 
 
 def head_arrays(model) -> dict[str, np.ndarray]:
-    """The head of ``model`` (a train.model.DenseNet121) as named float32 arrays."""
-    if model.head_name not in _EXTRACT:
-        raise ValueError(f"no CAM export for head {model.head_name!r}; known: {sorted(_EXTRACT)}")
-    return _EXTRACT[model.head_name](model.head)
+    """The head of ``model`` (a train.model.DenseNet121) as named float32 arrays: for each layer with
+    parameters in its edge.heads entry, those of the submodule the entry names."""
+    spec = HEADS.get(model.head_name)
+    if spec is None:
+        raise ValueError(f"no CAM export for head {model.head_name!r}; known: {sorted(HEADS)}")
+    out = {}
+    for op, prefix in spec.layers:
+        if op in _PARAMS:
+            module = getattr(model.head, spec.modules[prefix])
+            out.update({array_name(prefix, k): v for k, v in _PARAMS[op](module).items()})
+    return out
 
 
-_CORRECTED = {"chexnet": "bias", "paper": "bn1_shift"}  # the array that absorbs the pooled offset
+def _corrected(head: str) -> tuple[str, str]:
+    """The layer after the pooling, which absorbs the pooled offset: (op, parameter prefix)."""
+    return HEADS[head].layers[1]
 
 
 def pooled(head: str, features: np.ndarray) -> np.ndarray:
     """The head's pooled vector (N×P, float64) of NHWC features: edge.cam's pooling layer of that head."""
-    pool = OPS[HEADS[head][0][0]]
+    pool = OPS[HEADS[head].layers[0][0]]
     return np.stack([pool.forward({}, f) for f in np.asarray(features, np.float32)]).astype(np.float64)
 
 
 def bias_correct(head: str, arrays: dict[str, np.ndarray], offset: np.ndarray) -> dict[str, np.ndarray]:
     """Arrays with the pooled-feature ``offset`` (int8 minus fp32, length P) folded in; see the module doc."""
-    name = _CORRECTED[head]
+    op, prefix = _corrected(head)
     out = dict(arrays)
-    out[f"{EXACT_PREFIX}{name}"] = arrays[name]
-    if head == "chexnet":
-        out[name] = (arrays["bias"] - arrays["weight"].astype(np.float64) @ offset).astype(np.float32)
+    if op == "linear":  # W (x - offset) + b
+        name, weight = array_name(prefix, "bias"), arrays[array_name(prefix, "weight")]
+        out[name] = (arrays[name] - weight.astype(np.float64) @ offset).astype(np.float32)
+    elif op == "affine":  # scale (x - offset) + shift
+        name, scale = array_name(prefix, "shift"), arrays[array_name(prefix, "scale")]
+        out[name] = (arrays[name] - scale * offset).astype(np.float32)
     else:
-        out[name] = (arrays["bn1_shift"] - arrays["bn1_scale"] * offset).astype(np.float32)
+        raise ValueError(f"head {head!r}: no bias correction through a {op!r} layer")
+    out[f"{EXACT_PREFIX}{name}"] = arrays[name]
     return out
 
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from edge.errors import XrayError
+
 __all__ = ["ConvertError"]
 
 
-class ConvertError(Exception):
+class ConvertError(XrayError):
     """Conversion cannot go on. ``str(err)`` is the whole one-line message (it names the file)."""
-
-    exit_code = 2

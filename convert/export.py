@@ -39,7 +39,7 @@ small ones; a depthwise convolution has per-channel int8 weights and an int32 bi
 paper head a BatchNorm1d followed (through Dropout) by a Linear is folded into that Linear.
 The depthwise form costs about 0.8 MB of per-channel quantisation parameters in the int8 file,
 which the paper head (a 2048×512 layer more) cannot afford under the 8.5 MB limit; convert
-chooses per head (``convert.pipeline.BATCHNORM``).
+chooses per head (``edge.heads.HEADS``, ``batchnorm``).
 """
 
 from __future__ import annotations

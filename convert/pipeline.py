@@ -14,25 +14,30 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from convert.errors import ConvertError
 from convert.fidelity import LIMITS
+from edge.heads import HEADS
 
-__all__ = ["Options", "convert"]
+if TYPE_CHECKING:
+    from convert.calibrate import FilmSet
+    from train.model import DenseNet121
+
+__all__ = ["BATCHNORMS", "SCORES", "Artifacts", "Options", "convert"]
 
 MB = 1_000_000
 SUPPORTED_ARCHS = ("densenet121",)
-# How BatchNorms that follow no convolution are exported, per head ("auto"): a 1×1 depthwise convolution is
-# more precise in int8 than MUL + ADD, but its per-channel parameters add ~0.8 MB, too much next to the
-# paper head's 2048×512 layer under the 8.5 MB limit.
-BATCHNORM = {"chexnet": "depthwise", "paper": "mul"}
+BATCHNORMS = ("auto", "depthwise", "mul")  # auto: the head's choice (edge.heads)
 SCORES = ("features", "model")  # where edge takes the scores from (bundle.json "scoring")
 
 
 @dataclass
 class Options:
+    """What ``python -m convert`` was asked; the command line's defaults are these."""
+
     checkpoint: Path
     data: Path
     out: Path
@@ -54,11 +59,35 @@ class Options:
 
 
 @dataclass
+class Artifacts:
+    """What the steps make, in the order they make it (None until then)."""
+
+    model: DenseNet121 | None = None
+    meta: dict = field(default_factory=dict)  # the checkpoint's metadata
+    cal: FilmSet | None = None  # calibration films
+    held: FilmSet | None = None  # held-out films
+    batchnorm: str = ""  # how BatchNorms after no convolution were exported
+    onnx: Path | None = None  # uint8 input
+    onnx_float: Path | None = None  # float input, for onnx2tf
+    shapes: dict[str, list[int]] = field(default_factory=dict)  # the network's output shapes
+    fp32: Path | None = None
+    int8: Path | None = None
+    head: dict[str, np.ndarray] = field(default_factory=dict)  # cam_head.npz arrays
+    bias_correction: dict | None = None
+    cam_baseline: dict | None = None
+    fidelity: dict = field(default_factory=dict)
+    edgetpu_report: Path | None = None
+    edgetpu: dict = field(default_factory=dict)
+    edgetpu_model: Path | None = None
+    edgetpu_log: Path | None = None
+
+
+@dataclass
 class _State:
     opts: Options
     work: Path
     timings: dict[str, float] = field(default_factory=dict)
-    art: dict = field(default_factory=dict)  # what the steps make
+    art: Artifacts = field(default_factory=Artifacts)
 
 
 @contextmanager
@@ -89,30 +118,30 @@ def _load_checkpoint(state: _State) -> None:
                            f"{PREPROCESS}; retrain at {PREPROCESS['size']} px")
     if set(meta["thresholds"]) != set(meta["labels"]):
         raise ConvertError(f"{path}: the thresholds do not name the checkpoint's labels")
-    state.art.update(model=model, meta=meta)
+    state.art.model, state.art.meta = model, meta
 
 
 def _films(state: _State) -> None:
     from convert.calibrate import split_films
 
     o = state.opts
-    cal, held = split_films(o.data, state.art["meta"], o.calibration, o.heldout, o.seed)
+    cal, held = split_films(o.data, state.art.meta, o.calibration, o.heldout, o.seed)
     if len(cal.names) < o.calibration:
         o.log(f"   note: the validation split has only {len(cal.names)} films; calibrating on all of them")
     o.log(f"   calibration: {len(cal.names)} validation films; held out: {len(held.names)} test films")
-    state.art.update(cal=cal, held=held)
+    state.art.cal, state.art.held = cal, held
 
 
 def _export(state: _State) -> None:
     from convert.export import export_onnx
 
-    model, meta = state.art["model"], state.art["meta"]
-    bn = BATCHNORM[meta["head"]] if state.opts.batchnorm == "auto" else state.opts.batchnorm
-    state.art["batchnorm"], task, dw = bn, meta["task"], bn == "depthwise"
-    state.art["onnx"] = export_onnx(model, task, state.work / "model.onnx", "uint8", depthwise_bn=dw)
-    state.art["onnx_float"] = export_onnx(model, task, state.work / "model_float_input.onnx", "float32",
+    model, meta = state.art.model, state.art.meta
+    bn = HEADS[meta["head"]].batchnorm if state.opts.batchnorm == "auto" else state.opts.batchnorm
+    state.art.batchnorm, task, dw = bn, meta["task"], bn == "depthwise"
+    state.art.onnx = export_onnx(model, task, state.work / "model.onnx", "uint8", depthwise_bn=dw)
+    state.art.onnx_float = export_onnx(model, task, state.work / "model_float_input.onnx", "float32",
                                           depthwise_bn=dw)
-    state.art["shapes"] = _onnx_output_shapes(state.art["onnx"])
+    state.art.shapes = _onnx_output_shapes(state.art.onnx)
 
 
 def _onnx_output_shapes(path: Path) -> dict[str, list[int]]:
@@ -125,16 +154,16 @@ def _onnx_output_shapes(path: Path) -> dict[str, list[int]]:
 def _tflite(state: _State) -> None:
     from convert import tflite
 
-    cal = state.art["cal"].images
-    keras_model = tflite.keras_from_onnx(state.art["onnx_float"], state.work, cal, verbose=state.opts.verbose)
-    state.art["fp32"] = _write(state.work / "model_fp32.tflite", tflite.to_fp32_tflite(keras_model))
-    state.art["int8"] = _write(state.work / "model_int8.tflite",
+    cal = state.art.cal.images
+    keras_model = tflite.keras_from_onnx(state.art.onnx_float, state.work, cal, verbose=state.opts.verbose)
+    state.art.fp32 = _write(state.work / "model_fp32.tflite", tflite.to_fp32_tflite(keras_model))
+    state.art.int8 = _write(state.work / "model_int8.tflite",
                                tflite.to_int8_tflite(keras_model, cal, state.opts.quantization))
-    _check_io(state, state.art["fp32"])
-    _check_io(state, state.art["int8"])
-    size = state.art["int8"].stat().st_size
+    _check_io(state, state.art.fp32)
+    _check_io(state, state.art.int8)
+    size = state.art.int8.stat().st_size
     if size > state.opts.max_int8_mb * MB:
-        hint = " (try --batchnorm mul)" if state.art["batchnorm"] == "depthwise" else ""
+        hint = " (try --batchnorm mul)" if state.art.batchnorm == "depthwise" else ""
         raise ConvertError(f"the int8 model is {size / MB:.2f} MB, over the {state.opts.max_int8_mb} MB limit "
                            f"(the Edge TPU caches about 8 MB of parameters on chip){hint}")
 
@@ -143,7 +172,7 @@ def _check_io(state: _State, path: Path) -> None:
     """The converted model must keep batch 1 and the network's output shapes (catches layout errors)."""
     from convert.bundle import tflite_io
 
-    io, want = tflite_io(path), state.art["shapes"]
+    io, want = tflite_io(path), state.art.shapes
     got = {role: io[role]["shape"] for role in want}
     if got != want:
         raise ConvertError(f"{path.name}: the converted model's outputs are {got}, the network's {want}; "
@@ -161,27 +190,27 @@ def _head(state: _State) -> None:
     from convert.camhead import bias_correct, films_averaged, head_arrays, per_label_baseline, pooled, with_baseline
     from convert.tflite import tflite_run
 
-    a, head, opts = state.art, state.art["meta"]["head"], state.opts
-    a["head"], a["bias_correction"], a["cam_baseline"] = head_arrays(a["model"]), None, None
+    a, head, opts = state.art, state.art.meta["head"], state.opts
+    a.head, a.bias_correction, a.cam_baseline = head_arrays(a.model), None, None
     if not (opts.bias_correction or opts.cam_baseline):
         return
-    cal = a["cal"].images
-    int8, fp32 = tflite_run(a["int8"], cal)[1], tflite_run(a["fp32"], cal)[1]
+    cal = a.cal.images
+    int8, fp32 = tflite_run(a.int8, cal)[1], tflite_run(a.fp32, cal)[1]
     where = {"films": len(cal), "split": "validation (the calibration films)"}
     if opts.bias_correction:
         offset = (pooled(head, int8) - pooled(head, fp32)).mean(axis=0)
-        a["head"] = bias_correct(head, a["head"], offset)
-        a["bias_correction"] = {**where, "max_abs_offset": float(np.abs(offset).max()),
+        a.head = bias_correct(head, a.head, offset)
+        a.bias_correction = {**where, "max_abs_offset": float(np.abs(offset).max()),
                                 "mean_offset": float(offset.mean())}
         opts.log(f"   pooled int8 feature offset: mean {offset.mean():+.4f}, max |{np.abs(offset).max():.4f}| "
                  f"(folded into the head)")
     if opts.cam_baseline:
-        targets = a["cal"].targets
-        a["head"] = with_baseline(a["head"], per_label_baseline(int8, targets), per_label_baseline(fp32, targets))
-        a["cam_baseline"] = {**where, "array": "baseline", "per_label": True,
+        targets = a.cal.targets
+        a.head = with_baseline(a.head, per_label_baseline(int8, targets), per_label_baseline(fp32, targets))
+        a.cam_baseline = {**where, "array": "baseline", "per_label": True,
                              "statistic": "per label: mean feature map of the calibration films without the label "
                                           "(all of them when every film or none has it)",
-                             "films_averaged": dict(zip(a["meta"]["labels"], films_averaged(targets).tolist(),
+                             "films_averaged": dict(zip(a.meta["labels"], films_averaged(targets).tolist(),
                                                         strict=True))}
 
 
@@ -191,20 +220,20 @@ def _fidelity(state: _State) -> None:
     from convert.export import onnx_run, torch_run
     from convert.tflite import tflite_run
 
-    a, held, meta = state.art, state.art["held"], state.art["meta"]
+    a, held, meta = state.art, state.art.held, state.art.meta
     first = held.images[:state.opts.float_check_films]  # float vs float: a few films show it
-    outs = {"torch": torch_run(a["model"], meta["task"], first), "onnx": onnx_run(a["onnx"], first),
-            "fp32": tflite_run(a["fp32"], held.images), "int8": tflite_run(a["int8"], held.images)}
+    outs = {"torch": torch_run(a.model, meta["task"], first), "onnx": onnx_run(a.onnx, first),
+            "fp32": tflite_run(a.fp32, held.images), "int8": tflite_run(a.int8, held.images)}
     model_scores, feats = outs["int8"]
     if state.opts.scores == "features":  # what edge reports: the float head on the int8 features
-        outs["int8"] = (head_scores(meta["head"], meta["task"], a["head"], feats), feats)
+        outs["int8"] = (head_scores(meta["head"], meta["task"], a.head, feats), feats)
     rep = fidelity.report(outs["torch"], outs["onnx"], outs["fp32"], outs["int8"], held.targets,
                           [meta["thresholds"][label] for label in meta["labels"]], meta["labels"], held.names,
                           int8_model_scores=model_scores if state.opts.scores == "features" else None,
                           min_films=state.opts.auroc_min_films)
     rep["scores_from"] = state.opts.scores
     rep["limits"] = dict(state.opts.limits)
-    a["fidelity"] = rep
+    a.fidelity = rep
     state.opts.log(_fidelity_lines(rep))
     failures = fidelity.check(rep, state.opts.limits)
     if failures:
@@ -235,20 +264,20 @@ def _edgetpu(state: _State) -> None:
 
     from convert import edgetpu
 
-    report = edgetpu.op_report(state.art["int8"])
-    state.art["edgetpu_report"] = _write(state.work / "edgetpu_report.json",
+    report = edgetpu.op_report(state.art.int8)
+    state.art.edgetpu_report = _write(state.work / "edgetpu_report.json",
                                          (json.dumps(report, indent=1) + "\n").encode())
     summary = {k: v for k, v in report.items() if k != "table"}
-    result = edgetpu.compile_model(state.art["int8"], state.work / "edgetpu")
+    result = edgetpu.compile_model(state.art.int8, state.work / "edgetpu")
     if result is None:
         state.opts.log(f"   {edgetpu.COMPILER} is not on PATH: no Edge TPU model; offline compatibility report only")
         note = f"{edgetpu.COMPILER} not on PATH (it runs on x86-64 Linux only); offline report from the int8 model"
-        state.art["edgetpu"] = {"compiled": False, "note": note, "report": "edgetpu_report.json", **summary}
+        state.art.edgetpu = {"compiled": False, "note": note, "report": "edgetpu_report.json", **summary}
     else:
-        state.art["edgetpu_model"] = result.pop("model")
-        state.art["edgetpu_log"] = _write(state.work / "edgetpu_compiler.log", result.pop("log").encode())
+        state.art.edgetpu_model = result.pop("model")
+        state.art.edgetpu_log = _write(state.work / "edgetpu_compiler.log", result.pop("log").encode())
         result.pop("compiler_log", None)
-        state.art["edgetpu"] = {"compiled": True, "log": "edgetpu_compiler.log", "report": "edgetpu_report.json",
+        state.art.edgetpu = {"compiled": True, "log": "edgetpu_compiler.log", "report": "edgetpu_report.json",
                                 **result, **summary}
     fb = summary["first_cpu_fallback"]
     where = "" if fb is None else f"; first CPU fallback at op {fb['index']} {fb['op']}: {fb['problems'][0]}"
@@ -257,27 +286,27 @@ def _edgetpu(state: _State) -> None:
 
 def _bundle(state: _State) -> None:
     from convert.bundle import MODEL_FILES, build_spec, tflite_io, write_bundle
-    from convert.camhead import CAM_FILE, HEAD_POOL, save_head
+    from convert.camhead import CAM_FILE, save_head
     from convert.provenance import provenance
     from edge.bundle import TASK_ACTIVATION
 
-    a, meta = state.art, state.art["meta"]
-    arrays = a["head"]
+    a, meta = state.art, state.art.meta
+    arrays = a.head
     save_head(arrays, state.work / CAM_FILE)
-    io = {MODEL_FILES["int8"]: tflite_io(a["int8"]), MODEL_FILES["fp32"]: tflite_io(a["fp32"])}
-    files = {MODEL_FILES["int8"]: a["int8"], MODEL_FILES["fp32"]: a["fp32"], CAM_FILE: state.work / CAM_FILE,
-             "edgetpu_report.json": a["edgetpu_report"]}
-    if "edgetpu_model" in a:
+    io = {MODEL_FILES["int8"]: tflite_io(a.int8), MODEL_FILES["fp32"]: tflite_io(a.fp32)}
+    files = {MODEL_FILES["int8"]: a.int8, MODEL_FILES["fp32"]: a.fp32, CAM_FILE: state.work / CAM_FILE,
+             "edgetpu_report.json": a.edgetpu_report}
+    if a.edgetpu_model is not None:
         io[MODEL_FILES["edgetpu"]] = io[MODEL_FILES["int8"]]  # the compiler keeps the input/output tensors
-        files.update({MODEL_FILES["edgetpu"]: a["edgetpu_model"], "edgetpu_compiler.log": a["edgetpu_log"]})
-    cam = {"head": meta["head"], "pool": HEAD_POOL[meta["head"]], "params": CAM_FILE,
+        files.update({MODEL_FILES["edgetpu"]: a.edgetpu_model, "edgetpu_compiler.log": a.edgetpu_log})
+    cam = {"head": meta["head"], "pool": HEADS[meta["head"]].pool, "params": CAM_FILE,
            "feature_shape": io[MODEL_FILES["int8"]]["features"]["shape"][1:], "arrays": sorted(arrays),
-           "baseline": a["cam_baseline"]}
+           "baseline": a.cam_baseline}
     scoring = {"from": state.opts.scores, "activation": TASK_ACTIVATION[meta["task"]], "params": CAM_FILE,
-               "bias_correction": a["bias_correction"]}
-    prov = provenance(state.opts, meta, a["cal"], state.timings, a["batchnorm"])
-    spec = build_spec(meta, io, cam, {"scoring": scoring, "provenance": prov, "fidelity": a["fidelity"],
-                                      "edgetpu": a["edgetpu"]})
+               "bias_correction": a.bias_correction}
+    prov = provenance(state.opts, meta, a.cal, state.timings, a.batchnorm)
+    spec = build_spec(meta, io, cam, {"scoring": scoring, "provenance": prov, "fidelity": a.fidelity,
+                                      "edgetpu": a.edgetpu})
     write_bundle(state.opts.out, files, spec, force=state.opts.force)
 
 

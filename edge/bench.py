@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from edge.cli import run_main
 from edge.errors import EdgeError
 
 __all__ = ["main", "make_films"]
@@ -247,12 +248,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    try:
-        return _run(args)
-    except EdgeError as err:
-        print(f"edge.bench: {err}", file=sys.stderr)
-        return err.exit_code
+    return run_main("edge.bench", lambda: _parser().parse_args(argv), _run)
 
 
 if __name__ == "__main__":

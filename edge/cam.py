@@ -16,11 +16,9 @@ same model on the calibration films: per label (L×H×W×C), B for label c is th
 of the calibration films *without* c, so the heatmap shows where this film's evidence for c exceeds
 that of a film without the finding. One map for all labels (H×W×C, bundles before per-label
 baselines: the mean of all calibration films) hides part of a lesion where lesions usually are:
-the average film then carries some effusion at the bases, and the peak drifts away from them
-(held-out phantom lesions with the peak in the box: 75.9% -> 78.5% with per-label baselines).
-Without any (B = 0, plain Grad-CAM) the map is dominated by what every chest shows: on a briefly
-trained phantom model the Effusion map peaked over the mediastinum in normal and effusion films
-alike. For the CheXNet head this is exactly CAM of logit_c(A) - logit_c(B) (W_c·(A - B) up to
+the average film then carries some effusion at the bases, and the peak drifts away from them.
+Without any (B = 0, plain Grad-CAM) the map is dominated by what every chest shows (the README
+has the measurements). For the CheXNet head this is exactly CAM of logit_c(A) - logit_c(B) (W_c·(A - B) up to
 1/HW); a bundle without ``baseline`` gives plain Grad-CAM.
 
 ``cam_peak`` maps the peak back to film pixels through ``edge.preprocess.placement`` (cells that
@@ -37,11 +35,12 @@ above it: a plateau or a ridge is one peak), at most ``MAX_PEAKS``, each refined
 finding on both sides (bilateral effusions) shows as two peaks; one global maximum can only ever
 point at one of them.
 
-A head is plain data: a sequence of layers ``(op, parameter prefix)`` in ``HEADS``; each op
-has a forward and a backward in ``OPS``. Array names in ``cam_head.npz`` (convert.camhead writes
-them) are ``<prefix>_<param>``, or ``<param>`` without a prefix: ``weight`` (L, C) and ``bias``
-for the CheXNet head; ``bn1_scale``/``bn1_shift`` (2C), ``fc1_weight`` (Hd, 2C)/``fc1_bias``,
-``bn2_scale``/``bn2_shift`` (Hd), ``fc2_weight`` (L, Hd)/``fc2_bias`` for the paper (fastai) head.
+A head is plain data: a sequence of layers ``(op, parameter prefix)``, its entry in
+``edge.heads.HEADS``; each op has a forward and a backward in ``OPS``. Array names in
+``cam_head.npz`` (convert.camhead writes them) are ``<prefix>_<param>``, or ``<param>`` without a
+prefix: ``weight`` (L, C) and ``bias`` for the CheXNet head; ``bn1_scale``/``bn1_shift`` (2C),
+``fc1_weight`` (Hd, 2C)/``fc1_bias``, ``bn2_scale``/``bn2_shift`` (Hd), ``fc2_weight`` (L, Hd)/
+``fc2_bias`` for the paper (fastai) head.
 Optional ``baseline`` (L, H, W, C) or (H, W, C): the CAM baseline above. An array convert measured or corrected for the
 int8 features also comes as ``exact_<name>``, the value for the fp32 model's features.
 """
@@ -55,9 +54,10 @@ import numpy as np
 
 from edge.bundle import Bundle
 from edge.errors import BundleError
+from edge.heads import HEADS
 from edge.preprocess import PREPROCESS, placement
 
-__all__ = ["BASELINE", "HEADS", "MAX_PEAKS", "OPS", "PEAKS", "PEAK_RATIO", "POOLS", "Head", "array_name", "cam_peak",
+__all__ = ["BASELINE", "EXACT_PREFIX", "MAX_PEAKS", "OPS", "PEAKS", "PEAK_RATIO", "Head", "array_name", "cam_peak",
            "cam_peaks", "grad_cam", "grad_cams", "grad_features", "head_logits", "load_head", "make_head", "upsample"]
 
 TASKS = ("multilabel", "one_vs_all")  # both explain the class logit
@@ -140,16 +140,6 @@ OPS: dict[str, Op] = {
     "relu": Op(_relu_fwd, _relu_bwd),
 }
 
-# Head name (bundle.json cam.head) -> its layers after the feature map; dropout is the identity in eval.
-# POOLS: bundle.json cam.pool as convert.camhead names each head's pooling (checked when present).
-HEADS: dict[str, tuple[tuple[str, str], ...]] = {
-    "chexnet": (("avgpool", ""), ("linear", "")),
-    "paper": (("concatpool", ""), ("affine", "bn1"), ("linear", "fc1"), ("relu", ""), ("affine", "bn2"),
-              ("linear", "fc2")),
-}
-POOLS = {"chexnet": "avg", "paper": "concat-max-avg"}
-
-
 def array_name(prefix: str, param: str) -> str:
     """The cam_head.npz name of a layer's parameter: ``fc1_weight``, or ``weight`` without a prefix."""
     return f"{prefix}_{param}" if prefix else param
@@ -169,12 +159,12 @@ def make_head(name: str, arrays: dict[str, np.ndarray], task: str = "multilabel"
     """A Head from flat arrays named as ``array_name`` says; KeyError naming an unknown head or missing array."""
     if name not in HEADS:
         raise KeyError(f"unknown CAM head {name!r}; this edge knows {sorted(HEADS)}")
-    missing = [array_name(prefix, k) for op, prefix in HEADS[name] for k in OPS[op].params
+    missing = [array_name(prefix, k) for op, prefix in HEADS[name].layers for k in OPS[op].params
                if array_name(prefix, k) not in arrays]
     if missing:
         raise KeyError(f"missing arrays {missing}")
     layers = tuple((op, {k: np.asarray(arrays[array_name(prefix, k)], np.float32) for k in OPS[op].params})
-                   for op, prefix in HEADS[name])
+                   for op, prefix in HEADS[name].layers)
     baseline = np.asarray(arrays[BASELINE], np.float32) if BASELINE in arrays else None
     return Head(name=name, layers=layers, task=task, baseline=baseline)
 
@@ -369,9 +359,9 @@ def load_head(bundle: Bundle, exact: bool = False) -> Head:
     path = bundle.path / cam["params"]
     if cam["params"] not in bundle.spec["files"]:
         raise BundleError(f"{path}: CAM parameters have no checksum in bundle.json")
-    if "pool" in cam and cam["head"] in POOLS and cam["pool"] != POOLS[cam["head"]]:
+    if "pool" in cam and cam["head"] in HEADS and cam["pool"] != HEADS[cam["head"]].pool:
         raise BundleError(f"{bundle.path / 'bundle.json'}: CAM head {cam['head']!r} with pooling {cam['pool']!r}; "
-                          f"this edge implements {POOLS[cam['head']]!r}")
+                          f"this edge implements {HEADS[cam['head']].pool!r}")
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}

@@ -9,8 +9,9 @@ photo is gray (no colour), has a wide spread of gray levels, and, once a bright 
 is trimmed, a roughly film-shaped aspect ratio. It can be fooled; it catches a lens cap, a blank lightbox, a blurred
 shot, a room or a face. Every failed check says why in one line.
 
-Accepted captures are saved as PNG in OUT/captures/ and scored through exactly the scan path
-(``edge.scan.scan_one``: the file is read back by ``edge.films.load_film``) into the same store.
+Accepted captures are saved as PNG in OUT/captures/ and scored through the service path every
+caller shares (``edge.service.scan_one``: the file is read back by ``edge.films.load_film``) into
+the same store as edge.scan's.
 Modes: ``--key`` (default; Enter captures, then Enter keeps, r retakes, q quits) or ``--timer S``
 (a capture every S seconds). ``--count N`` stops after N accepted films.
 """
@@ -29,11 +30,15 @@ from typing import Any, Protocol
 import numpy as np
 from PIL import Image, ImageFilter
 
+from edge.cli import run_main
 from edge.errors import RuntimeMissingError
-from edge.progress import StopOnSignal, printable, run_main
+from edge.explain import CamExplainer
+from edge.fsio import atomic_write_bytes, output_error
+from edge.progress import StopOnSignal, printable
 from edge.report import DEMO_DISCLAIMER, export_all
-from edge.scan import CamExplainer, ScanContext, scan_one
-from edge.store import DB_NAME, OutLock, Store, atomic_write_bytes, output_error
+from edge.runtime import DEVICES
+from edge.service import ScanContext, scan_one
+from edge.store import DB_NAME, OutLock, Store
 
 __all__ = ["QUALITY", "Camera", "Picamera2Camera", "check_frame", "crop_lightbox", "main", "open_camera",
            "sharpness", "to_gray"]
@@ -274,18 +279,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=int, help="stop after this many films are kept")
     p.add_argument("--no-preview", action="store_true", help="no live preview window")
     p.add_argument("--camera-index", type=int, default=0)
-    p.add_argument("--device", choices=("auto", "cpu", "edgetpu"), default="auto")
+    p.add_argument("--device", choices=DEVICES, default="auto")
     return p
 
 
 def _run(args: argparse.Namespace) -> int:
     from contextlib import nullcontext
 
-    from edge.runtime import open_model
+    from edge import runtime
 
     camera = open_camera(args.camera_index, not args.no_preview)  # no picamera2: say so before anything else
     try:
-        model = open_model(args.bundle, device=args.device)
+        model = runtime.open_model(args.bundle, device=args.device)
         if model.bundle.is_demo:
             _say(f"*** {DEMO_DISCLAIMER} ***")
         out = Path(args.out)

@@ -27,8 +27,8 @@ from typing import BinaryIO
 
 import numpy as np
 
+from edge.decode import bombs_are_errors, check_shape, decoding, gray_from_rgb, to_uint8
 from edge.errors import FilmError
-from edge.films import bombs_are_errors, check_shape, decoding, gray_from_rgb, to_uint8
 
 __all__ = ["DEFLATED_SYNTAXES", "load_dicom"]
 

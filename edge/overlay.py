@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from edge.store import atomic_write_bytes
+from edge.fsio import atomic_write_bytes
 
 __all__ = ["ALPHA", "MAX_SIDE", "jet", "overlay", "overlay_shape", "png_bytes", "save_overlay_png"]
 
@@ -135,6 +135,6 @@ def png_bytes(rgb: np.ndarray, level: int = PNG_LEVEL) -> bytes:
 
 
 def save_overlay_png(path: str | Path, film: np.ndarray, cam_film: np.ndarray, **kwargs) -> Path:
-    """Write ``overlay(film, cam_film, **kwargs)`` to ``path`` as PNG atomically (edge.store.atomic_write_bytes)."""
+    """Write ``overlay(film, cam_film, **kwargs)`` to ``path`` as PNG atomically (edge.fsio.atomic_write_bytes)."""
     atomic_write_bytes(path, png_bytes(overlay(film, cam_film, **kwargs)))
     return Path(path)

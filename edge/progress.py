@@ -1,20 +1,15 @@
 """The terminal side of a long run: a tiny progress bar with films/s (no tqdm on the Pi), safe
-one-line printing of file names, Ctrl-C that stops cleanly after the current film, and the
-commands' shared ``main`` (``run_main``)."""
+one-line printing of file names, and Ctrl-C that stops cleanly after the current film."""
 
 from __future__ import annotations
 
-import argparse
 import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
 from typing import TextIO
 
-from edge.errors import EdgeError
-
-__all__ = ["Progress", "StopOnSignal", "printable", "run_main"]
+__all__ = ["Progress", "StopOnSignal", "printable"]
 
 
 def printable(text: str) -> str:
@@ -114,25 +109,3 @@ class StopOnSignal:
         self.event.set()
         self.stream.write("\nstopping after the current film (press Ctrl-C again to stop at once)\n")
         self.stream.flush()
-
-
-def run_main(prog: str, parse: Callable[[], argparse.Namespace], run: Callable[[argparse.Namespace], int],
-             stopped: str, check: Callable[[argparse.Namespace], str | None] = lambda args: None) -> int:
-    """A command's ``main``: parse, ``check`` (a message refuses the arguments, exit 2), run; an
-    EdgeError is one line on stderr and its exit code, Ctrl-C prints ``stopped`` and exits 130."""
-    try:
-        args = parse()
-    except SystemExit as exit_:
-        return int(exit_.code or 0)
-    problem = check(args)
-    if problem:
-        print(f"{prog}: {problem}", file=sys.stderr)
-        return 2
-    try:
-        return run(args)
-    except EdgeError as err:
-        print(f"{prog}: {printable(str(err))}", file=sys.stderr)
-        return err.exit_code
-    except KeyboardInterrupt:
-        print(f"{prog}: {stopped}", file=sys.stderr)
-        return 130

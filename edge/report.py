@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from edge.exports import export_csv, export_jsonl
+from edge.fsio import atomic_write_text, output_error
 from edge.progress import printable
-from edge.store import DB_NAME, OVERLAYS, Store, atomic_write_text, output_error
+from edge.store import DB_NAME, OVERLAYS, Store
 
 __all__ = ["DEMO_DISCLAIMER", "export_all", "held_out_auroc", "prune_overlays", "render_report",
            "summary_text", "write_report"]
@@ -174,8 +176,8 @@ def export_all(store: Store, out: Path, bundle: Any) -> dict[str, Path]:
         prune_overlays(store, out)
     except OSError as err:
         raise output_error(out / OVERLAYS, err, "tidy the overlays") from None
-    store.export_csv(paths["csv"])
-    store.export_jsonl(paths["jsonl"])
+    export_csv(store, paths["csv"])
+    export_jsonl(store, paths["jsonl"])
     try:
         write_report(paths["report"], list(store.rows(bundle.sha256)), bundle,
                      other_models=store.count() - store.count_model(bundle.sha256))

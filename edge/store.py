@@ -12,8 +12,8 @@ again on the next run and its row replaced; an ``ok`` row is final.
 Writers: ``OutLock`` takes an exclusive ``flock`` on ``OUT/.scan.lock``: a second scan into the
 same folder is refused with the first one's pid. SQLite's own locking (busy timeout) is the
 second line of defence, so the database is never corrupted even without the lock. Files are
-written whole (``atomic_writer``: ``.NAME.tmp-PID``, then a rename); a writer killed mid-write
-leaves its temp file, and the next one to take the lock removes such leftovers of other pids.
+written whole (edge.fsio's ``atomic_writer``); a writer killed mid-write leaves its temp file, and
+the next one to take the lock removes such leftovers of other pids.
 
 Disk full (``database or disk is full`` / ENOSPC) becomes a ``StoreError`` that says so; what
 was committed stays, and the next run resumes after it.
@@ -21,25 +21,18 @@ was committed stays, and the next run resumes after it.
 
 from __future__ import annotations
 
-import csv
-import errno
 import fcntl
 import json
 import os
-import re
 import sqlite3
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
-
-import numpy as np
 
 from edge.errors import StoreError
+from edge.fsio import output_error, remove_stale_temp_files
 
-__all__ = ["DB_NAME", "LOCK_NAME", "OVERLAYS", "FilmResult", "OutLock", "Store", "atomic_write_bytes",
-           "atomic_write_text", "atomic_writer", "csv_safe", "is_disk_full", "output_error", "remove_stale_temp_files"]
+__all__ = ["DB_NAME", "LOCK_NAME", "OVERLAYS", "FilmResult", "OutLock", "Store"]
 
 DB_NAME = "results.sqlite"
 LOCK_NAME = ".scan.lock"
@@ -78,8 +71,6 @@ CREATE TABLE IF NOT EXISTS results (
 );
 """
 _JSON_COLUMNS = ("labels", "scores", "flagged", "cam", "overlays")
-_LOW_SPACE = 64 * 1024  # bytes free below which a write error is taken for a full disk
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
 @dataclass
@@ -120,31 +111,6 @@ _UPSERT = (f"INSERT INTO results ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' 
            f"ON CONFLICT (file_sha256, model_hash) DO UPDATE SET "
            f"{', '.join(f'{c}=excluded.{c}' for c in _COLUMNS)} WHERE results.status='error'")
 _RETIRE = "DELETE FROM results WHERE film_path=? AND model_hash=? AND status='error' AND file_sha256<>?"
-
-
-def is_disk_full(err: BaseException) -> bool:
-    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
-        return True
-    return isinstance(err, sqlite3.OperationalError) and "full" in str(err).lower()
-
-
-def _no_space_left(path: Path) -> bool:
-    """SQLite reports some ENOSPC cases (its -shm file) as a plain "disk I/O error": ask the file system."""
-    for folder in (path, *path.parents):
-        try:
-            st = os.statvfs(folder)
-        except OSError:
-            continue
-        return st.f_bavail * st.f_frsize < _LOW_SPACE
-    return False
-
-
-def output_error(path: Path, err: BaseException, doing: str) -> StoreError:
-    """A StoreError for a failed write of results (database, export, overlay), saying when the disk is full."""
-    if is_disk_full(err) or _no_space_left(path):
-        return StoreError(f"{path}: the disk is full ({doing}); every result committed so far is kept: "
-                          f"free some space and run again to resume")
-    return StoreError(f"{path}: cannot {doing} ({err})")
 
 
 class Store:
@@ -235,119 +201,6 @@ class Store:
         for (labels,) in self._db.execute("SELECT DISTINCT labels FROM results"):
             seen.update(dict.fromkeys(json.loads(labels)))
         return list(seen)
-
-    def export_csv(self, path: str | Path) -> int:
-        """All results as CSV (one score column per label); formula-like text cells made inert. Streamed."""
-        labels, n = self.labels(), 0
-        with self._export(path) as f:
-            writer = csv.writer(f, quoting=csv.QUOTE_MINIMAL, lineterminator="\r\n")
-            writer.writerow(csv_safe(c) for c in (*_CSV_FIELDS, *(f"score:{label}" for label in labels)))
-            for r in self.rows():
-                writer.writerow(csv_safe(c) for c in (*_csv_fields(r), *(r["scores"].get(lb, "") for lb in labels)))
-                n += 1
-        return n
-
-    def export_jsonl(self, path: str | Path) -> int:
-        """All results as JSON Lines (one JSON object per film, exactly the stored values). Streamed."""
-        n = 0
-        with self._export(path) as f:
-            for r in self.rows():
-                f.write(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n")
-                n += 1
-        return n
-
-    @contextmanager
-    def _export(self, path: str | Path) -> Iterator[TextIO]:
-        try:
-            with atomic_writer(path) as f:
-                yield f
-        except OSError as err:
-            raise output_error(Path(path), err, "write the export") from None
-
-
-_CSV_FIELDS = ("film_path", "status", "error_kind", "error", "flagged", "top_label", "top_score", "cam_label",
-               "cam_x", "cam_y", "overlays", "film_width", "film_height", "file_sha256", "model_hash", "runtime",
-               "device", "model_kind", "decode_ms", "invoke_ms", "cam_ms", "overlay_ms", "scanned_at")
-
-
-def _csv_fields(row: dict) -> list:
-    return [";".join(row[k]) if k in ("flagged", "overlays") else row[k] for k in _CSV_FIELDS]
-
-
-def csv_safe(value: object) -> object:
-    """Text a spreadsheet would run as a formula (= + - @ tab CR first) gets a leading apostrophe."""
-    if value is None:
-        return ""
-    if isinstance(value, str) and value.startswith(_FORMULA_START):
-        return "'" + value
-    return value
-
-
-@contextmanager
-def atomic_writer(path: str | Path, mode: str = "w") -> Iterator[Any]:
-    """A file to write that appears at ``path`` only when complete (temp file, fsync, rename, dir fsync).
-
-    Readers see the old file or the new one, never half; a crash or an error leaves no temp file behind.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    text = {"encoding": "utf-8", "newline": ""} if "b" not in mode else {}
-    try:
-        with open(tmp, mode, **text) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    with atomic_writer(path, "wb") as f:
-        f.write(data)
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    with atomic_writer(path) as f:
-        f.write(text)
-
-
-def json_default(value: Any) -> Any:
-    """``json.dumps(default=...)`` for numpy scalars and arrays."""
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename or a new file in the folder ``path`` durable (POSIX: fsync the directory)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-_TEMP = re.compile(r"^\..+\.tmp-(\d+)$")  # atomic_writer's temp names
-
-
-def remove_stale_temp_files(*folders: Path) -> None:
-    """Remove the temp files of killed writers (``.NAME.tmp-PID`` of another pid) in ``folders``; call it
-    holding the OutLock, so no other writer is alive. Errors are ignored."""
-    for folder in folders:
-        try:
-            names = [p for p in folder.iterdir() if (m := _TEMP.match(p.name)) and int(m[1]) != os.getpid()]
-        except OSError:
-            continue
-        for path in names:
-            try:
-                path.unlink()
-            except OSError:
-                pass
-
 
 class OutLock:
     """Exclusive ``flock`` on ``OUT/.scan.lock`` held for a whole scan; released by the kernel if killed."""

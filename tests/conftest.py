@@ -27,7 +27,7 @@ IN_CI = os.environ.get("CI", "").lower() == "true"
 
 # What the session model is made from; changing any of these files rebuilds it.
 _ARTIFACT_SOURCES = tuple(sorted(str(p.relative_to(ROOT)) for p in (ROOT / "train").glob("*.py"))) + (
-    "edge/preprocess.py", "edge/films.py", "edge/dicom.py", "tests/offline.py")
+    "edge/preprocess.py", "edge/films.py", "edge/decode.py", "edge/dicom.py", "tests/offline.py")
 _CONVERT_SOURCES = tuple(str(p.relative_to(ROOT)) for p in sorted((ROOT / "convert").glob("*.py")))
 
 # The session recipe (convert.spread, which also measures it over training seeds): ~190 held-out films,

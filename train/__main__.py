@@ -153,21 +153,14 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    from edge.errors import EdgeError
-    from train.checkpoint import CheckpointError
-    from train.config import ConfigError
+def _stopped(args: argparse.Namespace) -> str:
+    return f"interrupted; continue with: python -m train --data {args.data} --out {args.out} --resume"
 
-    args = _parser().parse_args(argv)
-    try:
-        return _run(args)
-    except (EdgeError, CheckpointError, ConfigError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"interrupted; continue with: python -m train --data {args.data} --out {args.out} --resume",
-              file=sys.stderr)
-        return 130
+
+def main(argv: list[str] | None = None) -> int:
+    from edge.cli import run_main
+
+    return run_main("train", lambda: _parser().parse_args(argv), _run, _stopped)
 
 
 if __name__ == "__main__":

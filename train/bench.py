@@ -16,6 +16,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from edge.cli import run_main
+from edge.errors import XrayError
+
 __all__ = ["SETUPS", "bench", "main"]
 
 # device -> the settings the loop uses there (plain data)
@@ -92,21 +95,23 @@ def _table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    import torch
-
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m train.bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--steps", type=int, help="timed steps per setting (default: 3 on CPU, 30 on GPU)")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--patients", type=int, default=8, help="phantom patients to make (~2.5 films each)")
     p.add_argument("--json", type=Path, help="also write the results here")
-    args = p.parse_args(argv)
+    return p
+
+
+def _run(args: argparse.Namespace) -> int:
+    import torch
+
     devices = {"auto": ["cpu"] + (["cuda"] if torch.cuda.is_available() else []), "cpu": ["cpu"],
                "cuda": ["cuda"]}[args.device]
     if "cuda" in devices and not torch.cuda.is_available():
-        print("error: --device cuda, but torch sees no GPU", file=sys.stderr)
-        return 2
+        raise XrayError("--device cuda, but torch sees no GPU")
     rows = []
     with tempfile.TemporaryDirectory(prefix="train-bench-") as tmp:
         data = _make_films(Path(tmp), args.patients)
@@ -121,6 +126,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_main("train.bench", lambda: _parser().parse_args(argv), _run)
 
 
 if __name__ == "__main__":

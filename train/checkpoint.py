@@ -25,8 +25,9 @@ from pathlib import Path
 
 import torch
 
+from edge.errors import XrayError
+from edge.fsio import atomic_write_bytes
 from edge.preprocess import PREPROCESS
-from edge.store import atomic_write_bytes
 from train.model import DenseNet121, build_model
 
 __all__ = ["CHECKPOINT_FORMAT", "CheckpointError", "load_checkpoint", "model_from_checkpoint",
@@ -37,7 +38,7 @@ CHECKPOINT_VERSION = 1
 _REQUIRED = ("arch", "head", "task", "labels", "thresholds", "preprocess", "data", "config")
 
 
-class CheckpointError(Exception):
+class CheckpointError(XrayError):
     """A checkpoint is missing, damaged, or not one this code can use. Names the file."""
 
 

@@ -31,8 +31,10 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["AMP", "OPTIMIZERS", "PRESETS", "SCHEDULES", "THRESHOLD_RULES", "ConfigError", "TrainConfig", "dumps",
-           "from_json", "preset_names", "resolve"]
+from edge.errors import XrayError
+
+__all__ = ["AMP", "DEVICES", "OPTIMIZERS", "PRESETS", "SCHEDULES", "SPLITS", "THRESHOLD_RULES", "ConfigError",
+           "TrainConfig", "dumps", "from_json", "preset_names", "resolve"]
 
 AMP = ("none", "bf16", "fp16")
 OPTIMIZERS = ("adam", "adamw")
@@ -42,7 +44,7 @@ SPLITS = ("official", "random-images")
 DEVICES = ("auto", "cpu", "cuda")
 
 
-class ConfigError(ValueError):
+class ConfigError(XrayError, ValueError):
     """A configuration value a user gave is not allowed. The message says which and why."""
 
 

@@ -18,10 +18,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from train.filmcache import CachedFilms, DecodedFilms, FilmCache, build_cache, cache_spec, decode_film
-from train.labels import Box, DataError, Entry, read_bboxes, read_data_entry
+from train.labels import Box, DataError, Entry, Film, read_bboxes, read_data_entry
 from train.splits import (
     LeakyInputWarning,
     Task,
@@ -45,16 +43,6 @@ SPLIT_LIST_NAMES = ("train_val_list.txt", "test_list.txt")
 
 class MissingFilmsWarning(UserWarning):
     """Films listed in Data_Entry were not found and were left out (``allow_missing=True``)."""
-
-
-@dataclass(frozen=True)
-class Film:
-    """One film to train or test on. ``target``: multi-hot over the task labels, or one-hot class."""
-
-    image: str
-    path: Path
-    patient: int
-    target: np.ndarray = field(compare=False, repr=False)
 
 
 @dataclass

@@ -14,7 +14,7 @@ from datetime import timedelta
 
 import torch
 
-__all__ = ["Dist", "gather_rows", "init_distributed", "shutdown", "sync_flags"]
+__all__ = ["Dist", "gather_rows", "pick_device", "init_distributed", "shutdown", "sync_flags"]
 
 # Rank 0 may build the film cache while the others wait at a barrier: allow for it.
 _TIMEOUT = timedelta(hours=2)
@@ -41,7 +41,7 @@ class Dist:
             dist.barrier()
 
 
-def _device(choice: str, local_rank: int) -> torch.device:
+def pick_device(choice: str, local_rank: int) -> torch.device:
     if choice == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device 'cuda' asked for, but torch sees no CUDA GPU (use --device cpu)")
     if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
@@ -55,7 +55,7 @@ def init_distributed(device: str = "auto") -> Dist:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", str(rank)))
-    dev = _device(device, local_rank if world > 1 else 0)
+    dev = pick_device(device, local_rank if world > 1 else 0)
     if world > 1:
         import torch.distributed as dist
         if not dist.is_initialized():

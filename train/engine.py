@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.errors import EdgeError
+from edge.errors import XrayError
 from train.config import TrainConfig, dumps
 
 __all__ = ["FitError", "activation", "autocast", "criterion", "epoch_indices", "loader", "make_optimizer",
@@ -24,7 +24,7 @@ __all__ = ["FitError", "activation", "autocast", "criterion", "epoch_indices", "
 _AMP_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}
 
 
-class FitError(EdgeError):
+class FitError(XrayError):
     """A run folder, resume state, pretrained file or data problem the user can act on."""
 
 
@@ -201,7 +201,7 @@ def predict_films(model, kind: str, data_dir: str | Path, data_meta: dict, split
     """(targets, scores) of one split of the dataset a checkpoint was trained on (for train.evaluate)."""
     torch = _torch()
     from train.data import CachedFilms, build_cache, load_dataset
-    from train.distributed import Dist, _device
+    from train.distributed import Dist, pick_device
 
     ds = load_dataset(data_dir, task=data_meta["task"], val_fraction=data_meta["val_fraction"],
                       seed=data_meta["seed"], split=data_meta["split"])
@@ -209,19 +209,19 @@ def predict_films(model, kind: str, data_dir: str | Path, data_meta: dict, split
     if not films:
         raise FitError(f"{data_dir}: the {split} split has no films")
     cache = build_cache(ds.films, cache_dir, size, workers=None, progress=True)
-    d = Dist(device=_device(device, 0))
+    d = Dist(device=pick_device(device, 0))
     z, y = predict(model.to(d.device), CachedFilms(cache, films), d, batch_size=batch_size)
     return y, activation(kind, torch.from_numpy(z)).numpy()
 
 
 
 def write_json(path: Path, data: dict) -> None:
-    from edge.store import atomic_write_bytes, json_default
+    from edge.fsio import atomic_write_bytes, json_default
 
     atomic_write_bytes(path, json.dumps(data, indent=2, default=json_default).encode())
 
 
 def write_config(path: Path, cfg: TrainConfig) -> None:
-    from edge.store import atomic_write_bytes
+    from edge.fsio import atomic_write_bytes
 
     atomic_write_bytes(path, dumps(cfg).encode())

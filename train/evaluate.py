@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["DEFAULT_THRESHOLD", "averaged_curves", "choose_thresholds", "cooccurrence_counts", "evaluated_labels",
-           "f1_averages", "main", "metrics", "plot_cooccurrence", "plot_curves", "write_report"]
+           "f1_averages", "main", "metrics", "plot_cooccurrence", "plot_curves", "pyplot", "write_report"]
 
 DEFAULT_THRESHOLD = 0.5
 _GRID = np.linspace(0.0, 1.0, 201)
@@ -182,7 +182,8 @@ def averaged_curves(y: np.ndarray, scores: np.ndarray, labels: Sequence[str], wh
     return out
 
 
-def _figure():
+def pyplot():
+    """matplotlib.pyplot with the file-only Agg backend (no display on a server or a Pi)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -192,7 +193,7 @@ def _figure():
 
 def plot_curves(curves: dict, out_dir: Path, title: str = "") -> list[Path]:
     """roc.png and pr.png: one line per label, the averages drawn thick."""
-    plt = _figure()
+    plt = pyplot()
     written = []
     for kind, (xlabel, ylabel) in {"roc": ("false positive rate", "true positive rate"),
                                    "pr": ("recall", "precision")}.items():
@@ -219,7 +220,7 @@ def cooccurrence_counts(y: np.ndarray) -> np.ndarray:
 
 
 def plot_cooccurrence(counts: np.ndarray, labels: Sequence[str], path: Path, title: str = "") -> Path:
-    plt = _figure()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 7))
     image = ax.imshow(np.log1p(counts), cmap="viridis")
     ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=7)
@@ -271,7 +272,7 @@ def _evaluate(args: argparse.Namespace) -> dict:
     which = meta["config"].get("eval_labels", "present")
     numbers = write_report(out, y, scores, meta["labels"], meta["thresholds"], which, name=args.split)
     numbers = {"checkpoint": str(args.checkpoint), "split": args.split, **numbers}
-    from edge.store import atomic_write_bytes
+    from edge.fsio import atomic_write_bytes
     atomic_write_bytes(out / "metrics.json", json.dumps(numbers, indent=2).encode())
     print(f"{args.split}: {numbers['films']} films, macro AUROC {_fmt(numbers['macro_auroc'])} over "
           f"{len(numbers['evaluated_labels'])} labels, micro AUROC {_fmt(numbers['micro_auroc'])}, "
@@ -283,17 +284,15 @@ def _fmt(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.3f}"
 
 
-def main(argv: list[str] | None = None) -> int:
-    from edge.errors import EdgeError
-    from train.checkpoint import CheckpointError
-
-    args = _parser().parse_args(argv)
-    try:
-        _evaluate(args)
-    except (EdgeError, CheckpointError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+def _run(args: argparse.Namespace) -> int:
+    _evaluate(args)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from edge.cli import run_main
+
+    return run_main("train.evaluate", lambda: _parser().parse_args(argv), _run)
 
 
 if __name__ == "__main__":

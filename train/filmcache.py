@@ -23,16 +23,12 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edge.errors import FilmError
 from edge.preprocess import PREPROCESS, preprocess_gray
-from train.labels import DataError
-
-if TYPE_CHECKING:
-    from train.data import Film
+from train.labels import DataError, Film
 
 __all__ = ["CACHE_VERSION", "CachedFilms", "DecodedFilms", "FilmCache", "build_cache", "cache_spec", "decode_film"]
 

@@ -36,10 +36,9 @@ import numpy as np
 from edge.preprocess import PREPROCESS
 from train.config import TrainConfig
 from train.engine import FitError, write_config, write_json
+from train.runstate import RunState
 
-__all__ = ["STATE_VERSION", "FitError", "fit"]
-
-STATE_VERSION = 1
+__all__ = ["FitError", "Run", "data_kind", "fit"]
 
 
 def fit(cfg: TrainConfig, data_dir: str | Path, run_dir: str | Path, *, resume: bool = False, log=print,
@@ -96,9 +95,9 @@ class Run:
         self.cfg, self.d, self.data_dir, self.out, self.log = cfg, d, data_dir, out, log
         self.t0 = time.monotonic()
         self.last_save = self.t0
-        self.state: dict = {"epoch": 0, "batch": 0, "step": 0, "phase": 0, "best_score": None, "best_epoch": None,
-                            "best_val": None, "best_thresholds": None, "thresholds": None, "history": [],
-                            "elapsed": 0.0, "done": False, "stopped_early": False}
+        self.state = RunState()
+        self.opt = None  # made by start_phase
+        self.last_val: dict | None = None  # the latest validation's metrics
 
     # --- set-up --------------------------------------------------------------------------------------------
 
@@ -113,8 +112,8 @@ class Run:
         self.log(f"training {self.cfg.head} head, task {self.cfg.task}: {len(self.train_films)} train / "
                  f"{len(self.val_films)} val / {len(self.test_films)} test films, {self.steps_per_epoch} steps "
                  f"per epoch on {self.d.device} x{self.d.world}")
-        if not self.state["done"] and not self._train(stop_after_steps):
-            return {"stopped": True, "step": self.state["step"], "run": str(self.out)}
+        if not self.state.done and not self._train(stop_after_steps):
+            return {"stopped": True, "step": self.state.step, "run": str(self.out)}
         return self._final()
 
     def _check_out(self, resume: bool) -> None:
@@ -214,11 +213,11 @@ class Run:
             self.net = DDP(self.model, device_ids=ids)
         if cfg.compile:
             self.net = torch.compile(self.net)
-        self.state["phase"] = phase
+        self.state.phase = phase
 
     def train_mode(self) -> None:
         self.net.train()
-        if self.state["phase"] == 1:
+        if self.state.phase == 1:
             self.model.features.eval()  # a frozen body keeps its BatchNorm statistics
 
     def step(self, x, y, size: int | None):
@@ -227,7 +226,7 @@ class Run:
         from train.engine import autocast, prepare_batch
 
         d, cfg = self.d, self.cfg
-        g = step_generator(cfg.seed, self.state["step"], d.rank, d.device) if self.augment else None
+        g = step_generator(cfg.seed, self.state.step, d.rank, d.device) if self.augment else None
         x = prepare_batch(x.to(d.device, non_blocking=True), size=size, augment=self.augment, generator=g,
                           channels_last=cfg.channels_last)
         with autocast(d.device, cfg.amp):
@@ -249,15 +248,15 @@ class Run:
 
         cfg, d = self.cfg, self.d
         total = cfg.epochs + cfg.head_epochs
-        if not hasattr(self, "opt"):
-            self.start_phase(self.phase_of(self.state["epoch"]))
-        while self.state["epoch"] < total:
-            epoch = self.state["epoch"]
-            if self.phase_of(epoch) != self.state["phase"]:
+        if self.opt is None:
+            self.start_phase(self.phase_of(self.state.epoch))
+        while self.state.epoch < total:
+            epoch = self.state.epoch
+            if self.phase_of(epoch) != self.state.phase:
                 self.start_phase(self.phase_of(epoch))
             size = _train_size(cfg, epoch)
             order = epoch_indices(len(self.train_ds), d, cfg.seed, epoch, shuffle=True)
-            order = order[self.state["batch"] * cfg.batch_size:self.steps_per_epoch * cfg.batch_size]
+            order = order[self.state.batch * cfg.batch_size:self.steps_per_epoch * cfg.batch_size]
             batches = loader(self.train_ds, order, cfg.batch_size, cfg.workers, d.device.type == "cuda", True)
             outcome = self._epoch(batches, size, stop_after_steps)
             if outcome == "paused":
@@ -265,11 +264,11 @@ class Run:
                 return False
             self._end_epoch(partial=outcome == "budget")
             if outcome == "budget":
-                self.state["stopped_early"] = True
+                self.state.stopped_early = True
                 self.log(f"time budget of {cfg.max_minutes} min spent: training stops at epoch {epoch + 1}")
                 break
-        self.state["done"] = True
-        self._save_last(getattr(self, "last_val", None))
+        self.state.done = True
+        self._save_last(self.last_val)
         return True
 
     def _epoch(self, batches, size: int | None, stop_after_steps: int | None) -> str:
@@ -285,14 +284,14 @@ class Run:
             self.loss_sum += loss.detach()
             self.loss_n += 1
             seen += len(x)
-            self.state["batch"] += 1
-            self.state["step"] += 1
-            if self.state["step"] % self.cfg.log_every == 0:
-                self.log(f"  epoch {self.state['epoch'] + 1} step {self.state['step']}: loss "
+            self.state.batch += 1
+            self.state.step += 1
+            if self.state.step % self.cfg.log_every == 0:
+                self.log(f"  epoch {self.state.epoch + 1} step {self.state.step}: loss "
                          f"{float(self.loss_sum) / self.loss_n:.4f}, lr {lr:.2e}, "
                          f"{seen * self.d.world / (time.monotonic() - t):.1f} img/s, {self.elapsed():.0f} s")
             stop, save = self._flags()
-            if stop_after_steps is not None and self.state["step"] >= stop_after_steps:
+            if stop_after_steps is not None and self.state.step >= stop_after_steps:
                 return "paused"
             if save:
                 self._save_last(None)
@@ -301,13 +300,13 @@ class Run:
         return "done"
 
     def elapsed(self) -> float:
-        return self.state["elapsed"] + time.monotonic() - self.t0
+        return self.state.elapsed + time.monotonic() - self.t0
 
     def _flags(self) -> tuple[bool, bool]:
         """(stop: the time budget is spent, save: a periodic resume state is due), as rank 0 decides."""
         from train.distributed import sync_flags
 
-        if self.d.enabled and self.state["step"] % 10:
+        if self.d.enabled and self.state.step % 10:
             return False, False
         budget = self.cfg.max_minutes
         stop = budget is not None and self.elapsed() > budget * 60
@@ -323,26 +322,26 @@ class Run:
         val = validation(self)
         st = self.state
         score = val["macro_auroc"] if val["macro_auroc"] is not None else -val["loss"]
-        record = {"epoch": st["epoch"] + 1, "step": st["step"], "phase": st["phase"], "partial": partial,
+        record = {"epoch": st.epoch + 1, "step": st.step, "phase": st.phase, "partial": partial,
                   "train_loss": float(self.loss_sum) / max(self.loss_n, 1), "val_loss": val["loss"],
                   "val_macro_auroc": val["macro_auroc"], "lr": self.opt.param_groups[0]["lr"],
-                  "train_size": _train_size(self.cfg, st["epoch"]) or self.cfg.image_size,
+                  "train_size": _train_size(self.cfg, st.epoch) or self.cfg.image_size,
                   "seconds": round(self.elapsed(), 1)}
-        st["history"].append(record)
+        st.history.append(record)
         if self.sched_per == "epoch":
             self.sched.step(val["loss"])
-        st["thresholds"] = val["thresholds"]
-        if st["best_score"] is None or score > st["best_score"]:
-            st["best_score"], st["best_epoch"], st["best_val"] = score, st["epoch"] + 1, val["metrics"]
-            st["best_thresholds"] = val["thresholds"]
+        st.thresholds = val["thresholds"]
+        if st.best_score is None or score > st.best_score:
+            st.best_score, st.best_epoch, st.best_val = score, st.epoch + 1, val["metrics"]
+            st.best_thresholds = val["thresholds"]
             self.best_weights = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
             if self.d.main:
                 save_checkpoint(self.out / "best.safetensors", self.model, self.meta({"val": val["metrics"]}))
         if not partial:
-            st["epoch"], st["batch"] = st["epoch"] + 1, 0
+            st.epoch, st.batch = st.epoch + 1, 0
         self.last_val = val["metrics"]
         self._save_last(val["metrics"])
-        best = "  (best)" if st["best_epoch"] == record["epoch"] else ""
+        best = "  (best)" if st.best_epoch == record["epoch"] else ""
         self.log(f"epoch {record['epoch']}: train loss {record['train_loss']:.4f}, val loss {val['loss']:.4f}, "
                  f"val macro AUROC {_fmt(val['macro_auroc'])}{best}, {record['seconds']:.0f} s")
 
@@ -350,13 +349,13 @@ class Run:
 
     def meta(self, metrics: dict, thresholds: dict | None = None) -> dict:
         labels = list(self.dataset.labels)
-        th = thresholds or self.state["thresholds"] or {n: 0.5 for n in labels}
+        th = thresholds or self.state.thresholds or {n: 0.5 for n in labels}
         cfg = self.cfg
         data = {"kind": data_kind(self.data_dir), "dir": str(self.data_dir.resolve()), "task": cfg.task,
                 "val_fraction": cfg.val_fraction, "seed": cfg.seed, "split": cfg.split,
                 "films": {"train": len(self.train_films), "val": len(self.val_films), "test": len(self.test_films)}}
         meta = {"task": self.dataset.kind, "labels": labels, "thresholds": th, "data": data, "config": cfg.to_json(),
-                "metrics": metrics, "epoch": self.state["epoch"], "step": self.state["step"]}
+                "metrics": metrics, "epoch": self.state.epoch, "step": self.state.step}
         if cfg.image_size != PREPROCESS["size"]:  # a test-size run says so; convert and edge then refuse it
             meta["preprocess"] = {**PREPROCESS, "size": cfg.image_size}
         return meta
@@ -366,20 +365,20 @@ class Run:
         from train.checkpoint import save_checkpoint
         from train.runstate import rng_states, save_state
 
-        self.state["elapsed"] = self.elapsed()
+        self.state.elapsed = self.elapsed()
         self.t0 = time.monotonic()
         self.last_save = self.t0
         rng = rng_states(self.d)
         if self.d.main:
             save_checkpoint(self.out / "last.safetensors", self.model, self.meta({"val": val_metrics}))
             save_state(self.out / "last_state.pt", self, rng)
-            write_json(self.out / "metrics.json", {"history": self.state["history"], "run": str(self.out)})
+            write_json(self.out / "metrics.json", {"history": self.state.history, "run": str(self.out)})
 
     def _restore(self) -> None:
         from train.runstate import load_state
 
         load_state(self.out / "last_state.pt", self)
-        self.log(f"resuming {self.out} at epoch {self.state['epoch'] + 1}, step {self.state['step']}")
+        self.log(f"resuming {self.out} at epoch {self.state.epoch + 1}, step {self.state.step}")
 
     def _final(self) -> dict:
         from train.runstate import final_evaluation

@@ -21,15 +21,15 @@ from __future__ import annotations
 import csv
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
-from edge.errors import EdgeError
+from edge.errors import XrayError
 
-__all__ = ["BBOX_ALIASES", "LABELS", "NO_FINDING", "Box", "DataError", "Entry", "multi_hot", "read_bboxes",
+__all__ = ["BBOX_ALIASES", "LABELS", "NO_FINDING", "Box", "DataError", "Entry", "Film", "multi_hot", "read_bboxes",
            "read_data_entry"]
 
 LABELS: tuple[str, ...] = (
@@ -48,13 +48,23 @@ _AGE = re.compile(r"^(\d+)([YMD]?)$")
 _AGE_UNIT_DAYS = {"M": 365.25 / 12, "D": 1.0}
 
 
-class DataError(EdgeError):
+class DataError(XrayError):
     """A metadata file is missing or malformed. Names the file (and line) and the problem."""
 
     def __init__(self, path: str | Path, problem: str, line: int | None = None):
         self.path, self.line, self.problem = str(path), line, problem
         where = f"{self.path}:{line}" if line is not None else self.path
         super().__init__(f"{where}: {problem}")
+
+
+@dataclass(frozen=True)
+class Film:
+    """One film to train or test on. ``target``: multi-hot over the task labels, or one-hot class."""
+
+    image: str
+    path: Path
+    patient: int
+    target: np.ndarray = field(compare=False, repr=False)
 
 
 @dataclass(frozen=True)

@@ -85,9 +85,9 @@ def lr_find(cfg: TrainConfig, data_dir: str | Path, run_dir: str | Path, *, star
 
 
 def _plot(result: dict, path: Path) -> None:
-    from train.evaluate import _figure
+    from train.evaluate import pyplot
 
-    plt = _figure()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(result["lrs"], result["loss"], alpha=0.3, label="loss")
     ax.plot(result["lrs"], result["smoothed"], label="smoothed loss")

@@ -119,7 +119,8 @@ def _paper_head(num_features: int, num_classes: int, dropout: float, hidden: int
     ))
 
 
-# Registry of heads: name -> builder(num_features, num_classes, dropout).
+# The PyTorch module of each head in edge.heads.HEADS (what it means to every stage): name -> builder(
+# num_features, num_classes, dropout).
 HEADS = {"chexnet": _chexnet_head, "paper": _paper_head}
 
 

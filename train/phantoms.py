@@ -30,14 +30,14 @@ import json
 import math
 import os
 import struct
-import sys
 import time
 import zlib
 from pathlib import Path
 
 import numpy as np
 
-from edge.errors import EdgeError
+from edge.cli import run_main
+from edge.errors import XrayError
 from train.phantom_draw import Film, lung_margin, render, to_patient, with_heart
 
 __all__ = ["DRAWN_LABELS", "ENTRY_HEADER", "BBOX_HEADER", "VERSION", "Film", "PhantomError", "film_specs",
@@ -58,7 +58,7 @@ FOCAL = {  # label: (radius range, margin inside the lung needed as a fraction o
 }
 
 
-class PhantomError(EdgeError):
+class PhantomError(XrayError):
     """A bad request to the phantom generator (output path, patient count, size)."""
 
 
@@ -260,20 +260,19 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+def _run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
-    try:
-        out = generate(args.out, args.patients, args.seed, args.size, test_fraction=args.test_fraction)
-    except EdgeError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return err.exit_code
+    out = generate(args.out, args.patients, args.seed, args.size, test_fraction=args.test_fraction)
     if not args.quiet:
         c = json.loads((out / "phantoms.json").read_text())["counts"]
         print(f"phantoms: {c['films']} films of {c['patients']} patients ({c['test_films']} test films, "
               f"{c['no_finding']} without findings) in {out} [seed {args.seed}, {args.size} px, "
               f"{time.perf_counter() - start:.1f} s]")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_main("train.phantoms", lambda: _parser().parse_args(argv), _run)
 
 
 if __name__ == "__main__":

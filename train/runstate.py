@@ -10,19 +10,48 @@ read with ``torch.load(weights_only=True)``, which refuses anything else (no pic
 
 from __future__ import annotations
 
+import dataclasses
 import io
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from train.engine import FitError, write_json
 
-__all__ = ["RESUMABLE_FIELDS", "final_evaluation", "load_state", "rng_states", "save_state", "validation"]
+if TYPE_CHECKING:
+    from train.fit import Run
+
+__all__ = ["RESUMABLE_FIELDS", "RunState", "final_evaluation", "load_state", "rng_states", "save_state", "validation"]
 
 STATE_VERSION = 1
 # Config fields a resumed run may change: they do not alter what is learned.
 RESUMABLE_FIELDS = ("workers", "threads", "max_minutes", "checkpoint_minutes", "log_every", "cache_dir", "device")
 
 
-def validation(run) -> dict:
+@dataclass
+class RunState:
+    """A run's counters and results so far: saved in ``last_state.pt`` (as ``run``, a plain dict) and
+    restored on resume."""
+
+    epoch: int = 0
+    batch: int = 0  # batches done in this epoch
+    step: int = 0
+    phase: int = 0
+    best_score: float | None = None
+    best_epoch: int | None = None
+    best_val: dict | None = None
+    best_thresholds: dict | None = None
+    thresholds: dict | None = None
+    history: list[dict] = field(default_factory=list)
+    elapsed: float = 0.0  # seconds trained before this process
+    done: bool = False
+    stopped_early: bool = False
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+def validation(run: Run) -> dict:
     """Validation loss, macro AUROC, thresholds chosen on it, and all metrics at those thresholds."""
     import torch
 
@@ -56,15 +85,15 @@ def rng_states(d) -> list[dict]:
     return out
 
 
-def save_state(path: Path, run, rng: list[dict]) -> None:
+def save_state(path: Path, run: Run, rng: list[dict]) -> None:
     import torch
 
-    from edge.store import atomic_write_bytes
+    from edge.fsio import atomic_write_bytes
 
     state = {"version": STATE_VERSION, "config": run.cfg.to_json(),
              "model": {k: v.detach().cpu() for k, v in run.model.state_dict().items()},
              "optimizer": run.opt.state_dict(), "scheduler": run.sched.state_dict(),
-             "scaler": run.scaler.state_dict(), "rng": rng, "run": dict(run.state)}
+             "scaler": run.scaler.state_dict(), "rng": rng, "run": run.state.to_dict()}
     buffer = io.BytesIO()
     torch.save(state, buffer)
     atomic_write_bytes(path, buffer.getvalue())
@@ -85,7 +114,7 @@ def _read_state(path: Path) -> dict:
     return state
 
 
-def load_state(path: Path, run) -> None:
+def load_state(path: Path, run: Run) -> None:
     """Put ``run`` back where ``last_state.pt`` left it: weights, optimizer, schedule, RNG, counters."""
     import torch
 
@@ -95,8 +124,8 @@ def load_state(path: Path, run) -> None:
     if changed:
         raise FitError(f"{path}: the run was made with other {', '.join(changed)}; a resume continues the same run")
     run.model.load_state_dict(state["model"])
-    run.state.update(state["run"])
-    run.start_phase(run.state["phase"])
+    run.state = dataclasses.replace(run.state, **state["run"])
+    run.start_phase(run.state.phase)
     run.opt.load_state_dict(state["optimizer"])
     run.sched.load_state_dict(state["scheduler"])
     run.scaler.load_state_dict(state["scaler"])
@@ -105,7 +134,7 @@ def load_state(path: Path, run) -> None:
     if "cuda" in rng and run.d.device.type == "cuda":
         torch.cuda.set_rng_state(rng["cuda"], run.d.device)
     best = run.out / "best.safetensors"
-    if run.state["best_epoch"] is not None and best.is_file():
+    if run.state.best_epoch is not None and best.is_file():
         from train.checkpoint import CheckpointError, load_checkpoint
         try:
             run.best_weights, _ = load_checkpoint(best)
@@ -113,14 +142,14 @@ def load_state(path: Path, run) -> None:
             raise FitError(str(err)) from None
 
 
-def _best_weights(run) -> dict:
+def _best_weights(run: Run) -> dict:
     weights = getattr(run, "best_weights", None)
     if weights is None:
         raise FitError(f"{run.out}: no best weights to evaluate (best.safetensors is missing)")
     return weights
 
 
-def final_evaluation(run) -> dict:
+def final_evaluation(run: Run) -> dict:
     """Best weights -> test metrics and plots -> best.safetensors (with the metrics) and metrics.json."""
     from train.checkpoint import save_checkpoint
     from train.engine import activation, predict
@@ -128,7 +157,7 @@ def final_evaluation(run) -> dict:
 
     cfg, d, st = run.cfg, run.d, run.state
     run.model.load_state_dict(_best_weights(run))
-    thresholds = st["best_thresholds"]
+    thresholds = st.best_thresholds
     test = None
     if run.test_films:
         z, y = predict(run.model, run.test_ds, d, batch_size=2 * cfg.batch_size, amp=cfg.amp,
@@ -137,26 +166,26 @@ def final_evaluation(run) -> dict:
             import torch
             scores = activation(run.dataset.kind, torch.from_numpy(z)).numpy()
             test = write_report(run.out, y, scores, run.dataset.labels, thresholds, cfg.eval_labels, name="test")
-    summary = {"run": str(run.out), "best": str(run.out / "best.safetensors"), "best_epoch": st["best_epoch"],
-               "epochs_run": len(st["history"]), "steps": st["step"], "seconds": round(run.elapsed(), 1),
-               "stopped_early": st["stopped_early"],
-               "val_macro_auroc": (st["best_val"] or {}).get("macro_auroc"),
+    summary = {"run": str(run.out), "best": str(run.out / "best.safetensors"), "best_epoch": st.best_epoch,
+               "epochs_run": len(st.history), "steps": st.step, "seconds": round(run.elapsed(), 1),
+               "stopped_early": st.stopped_early,
+               "val_macro_auroc": (st.best_val or {}).get("macro_auroc"),
                "test_macro_auroc": test["macro_auroc"] if test else None,
                "evaluated_labels": test["evaluated_labels"] if test else []}
     if d.main:
-        meta = run.meta({"val": st["best_val"], "test": test}, thresholds=thresholds)
-        meta["best_epoch"] = st["best_epoch"]
+        meta = run.meta({"val": st.best_val, "test": test}, thresholds=thresholds)
+        meta["best_epoch"] = st.best_epoch
         save_checkpoint(run.out / "best.safetensors", run.model, meta)
-        write_json(run.out / "metrics.json", {**summary, "history": st["history"], "val": st["best_val"],
+        write_json(run.out / "metrics.json", {**summary, "history": st.history, "val": st.best_val,
                                               "test": test, "thresholds": thresholds})
-        plot_history(st["history"], run.out / "history.png")
+        plot_history(st.history, run.out / "history.png")
     return summary
 
 
 def plot_history(history: list[dict], path: Path) -> Path:
-    from train.evaluate import _figure
+    from train.evaluate import pyplot
 
-    plt = _figure()
+    plt = pyplot()
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
     epochs = [h["epoch"] for h in history]
     a.plot(epochs, [h["train_loss"] for h in history], "o-", label="train loss")

@@ -9,7 +9,6 @@ import pytest
 
 from edge.bundle import Bundle
 from edge.cam import (
-    HEADS,
     cam_peak,
     cam_peaks,
     grad_cam,
@@ -21,6 +20,7 @@ from edge.cam import (
     upsample,
 )
 from edge.errors import BundleError
+from edge.heads import HEADS
 
 C, HID, L, GRID = 6, 5, 4, 3
 

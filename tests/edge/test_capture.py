@@ -13,7 +13,7 @@ from PIL import Image, ImageFilter
 import edge.capture
 from edge.capture import INSTALL_PICAMERA2, check_frame, crop_lightbox, main, run_session, sharpness
 from edge.films import load_film
-from edge.scan import ScanContext
+from edge.service import ScanContext
 from edge.store import Store
 from tests.edge.test_scan import FakeExplainer, FakeModel, fake_bundle, install_fakes
 
@@ -157,5 +157,5 @@ def test_missing_picamera2_is_one_line_exit_2(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "picamera2", None)  # import picamera2 -> ImportError
     assert main(["--bundle", str(tmp_path), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
-    assert err == f"edge.capture: {INSTALL_PICAMERA2}\n"
+    assert err == f"edge.capture: error: {INSTALL_PICAMERA2}\n"
     assert not (tmp_path / "out").exists()

@@ -15,8 +15,9 @@ import pytest
 from PIL import Image
 
 import edge.films as films
+from edge.decode import to_uint8
 from edge.errors import FilmError
-from edge.films import is_film_candidate, load_film, sniff, to_uint8
+from edge.films import is_film_candidate, load_film, sniff
 from edge.preprocess import preprocess_gray
 from tests.edge.corpus import film, make_dicom, png_with_header
 

@@ -26,8 +26,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from edge.decode import MAX_ASPECT, MIN_SIDE
 from edge.errors import FilmError
-from edge.films import MAX_ASPECT, MIN_SIDE, load_film
+from edge.films import load_film
 from tests.edge.corpus import make_dicom
 
 ITERATIONS = int(os.environ.get("FUZZ_ITERATIONS", "3000"))

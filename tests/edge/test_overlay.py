@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import edge.store as store_mod
+import edge.fsio as fsio_mod
 from edge.cam import cam_peak, cam_peaks, upsample
 from edge.overlay import jet, overlay, overlay_shape, png_bytes, save_overlay_png
 
@@ -117,7 +117,7 @@ def test_a_failed_write_keeps_the_previous_overlay_and_cleans_up(tmp_path, monke
 
     def full_disk(src, dst):
         raise OSError(28, "No space left on device")
-    monkeypatch.setattr(store_mod.os, "replace", full_disk)
+    monkeypatch.setattr(fsio_mod.os, "replace", full_disk)
     with pytest.raises(OSError, match="No space"):
         save_overlay_png(path, film, np.ones((50, 50)))
     assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["o.png"]

@@ -18,13 +18,15 @@ from PIL import Image
 
 import edge.runtime
 import edge.scan
+import edge.service
 from edge.bundle import Bundle
 from edge.cam import cam_peaks, upsample
 from edge.errors import BundleError
 from edge.overlay import overlay_shape, save_overlay_png
 from edge.report import DEMO_DISCLAIMER
 from edge.runtime import Prediction
-from edge.scan import Prepared, ScanContext, main, safe_stem, scan_paths
+from edge.scan import main, scan_paths
+from edge.service import Prepared, ScanContext, safe_stem
 from edge.store import Store
 
 LABELS = ["Cardiomegaly", "Effusion", "Pneumothorax"]
@@ -245,7 +247,7 @@ def test_unexpected_decoder_exception_becomes_error_row(tmp_path, monkeypatch):
         raise RuntimeError("decoder bug")
 
     monkeypatch.setattr(edge.films, "load_film", boom)
-    item = edge.scan.prepare(write_film(tmp_path / "a.png", 1), set(), set())
+    item = edge.service.prepare(write_film(tmp_path / "a.png", 1), set(), set())
     assert isinstance(item, Prepared) and "unexpected RuntimeError" in str(item.error)
 
 

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from edge.errors import StoreError
-from edge.store import FilmResult, OutLock, Store, csv_safe
+from edge.exports import csv_safe, export_csv, export_jsonl
+from edge.store import FilmResult, OutLock, Store
 
 MODEL = "m" * 64
 
@@ -71,7 +72,7 @@ def test_jsonl_round_trip(store, tmp_path):
                                                                      "overlay": "overlays/x.png"}]))
     store.add(result("b" * 64, status="error"))
     out = tmp_path / "results.jsonl"
-    assert store.export_jsonl(out) == 2
+    assert export_jsonl(store, out) == 2
     lines = out.read_text(encoding="utf-8").splitlines()
     assert [json.loads(line) for line in lines] == list(store.rows())
     assert json.loads(lines[0])["film_path"] == "weird\nname \u00e9.png"
@@ -81,7 +82,7 @@ def test_jsonl_round_trip(store, tmp_path):
 def test_csv_formula_cells_made_inert(store, tmp_path, text):
     store.add(result("a" * 64, path=text, error=text))
     out = tmp_path / "results.csv"
-    store.export_csv(out)
+    export_csv(store, out)
     with open(out, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     assert rows[0]["film_path"] == "'" + text and rows[0]["error"] == "'" + text
@@ -91,7 +92,7 @@ def test_csv_formula_cells_made_inert(store, tmp_path, text):
 def test_csv_quotes_separators_and_newlines(store, tmp_path):
     store.add(result("a" * 64, path='a,b"c\nd.png'))
     out = tmp_path / "results.csv"
-    store.export_csv(out)
+    export_csv(store, out)
     with open(out, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 1 and rows[0]["film_path"] == 'a,b"c\nd.png' and rows[0]["flagged"] == "Effusion"
@@ -105,7 +106,7 @@ def test_exports_replace_atomically(store, tmp_path):
     out = tmp_path / "results.csv"
     out.write_text("old")
     store.add(result("a" * 64))
-    store.export_csv(out)
+    export_csv(store, out)
     assert "films/a.png" in out.read_text() and not [p for p in tmp_path.iterdir() if ".tmp" in p.name]
 
 

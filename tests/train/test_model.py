@@ -108,3 +108,13 @@ def test_paper_head_is_concat_pool_then_two_blocks():
 def test_unknown_head_is_refused():
     with pytest.raises(ValueError, match="unknown head"):
         build_model(14, head="resnet")
+
+
+def test_every_head_in_the_registry_has_a_module_with_its_parameters():
+    from edge.heads import HEADS as SPECS
+
+    assert set(HEADS) == set(SPECS)
+    for name, spec in SPECS.items():
+        head = HEADS[name](64, 3, 0.5)
+        for prefix, module in spec.modules.items():
+            assert hasattr(head, module), (name, prefix, module)

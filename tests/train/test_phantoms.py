@@ -193,4 +193,4 @@ def test_cli_refuses_bad_requests_with_one_line(tmp_path, capsys, problem):
     args = {"patients": ["--patients", "1"], "size": ["--size", "8"]}.get(problem, [])
     assert main(["--out", str(out), "--patients", "2", "--seed", "1", "--size", "64", *args]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("train.phantoms: error: ") and err.count("\n") == 1 and "Traceback" not in err
