@@ -131,16 +131,9 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from edge.progress import run_main
+    from edge.cli import run_main
 
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return _run(args)
-        except ConvertError as err:
-            print(f"python -m convert.spread: {err}", file=sys.stderr)
-            return 2
-
-    return run_main("python -m convert.spread", lambda: _parser().parse_args(argv), run,
+    return run_main("convert.spread", lambda: _parser().parse_args(argv), _run,
                     "stopped; the same command continues where it stopped")
 
 

@@ -29,6 +29,7 @@ COMMANDS = {
     "train.bench": ("train.bench", []),
     "convert.__main__": ("convert", ["run/best.safetensors", "--data", "d", "--out", "o"]),
     "convert.bench": ("convert.bench", ["bundle"]),
+    "convert.spread": ("convert.spread", ["--out", "o"]),
 }
 
 ERRORS = [XrayError("plain"), BundleError("b: damaged"), FilmError("a.png", "not an image"), StoreError("full"),
