@@ -51,6 +51,7 @@ def fit(cfg: TrainConfig, data_dir: str | Path, run_dir: str | Path, *, resume: 
     import torch
 
     from train.distributed import init_distributed, shutdown
+    from train.repro import PIN_HINT, check_pinned
 
     try:
         d = init_distributed(cfg.device)
@@ -60,24 +61,14 @@ def fit(cfg: TrainConfig, data_dir: str | Path, run_dir: str | Path, *, resume: 
     try:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        if cfg.reproducible:
-            _check_reproducible(cfg, d)
+        if cfg.reproducible and (problems := check_pinned(cfg.threads, d.device.type)):
+            raise FitError("--reproducible: " + "; ".join(problems) + f" ({PIN_HINT})")
         with torch.random.fork_rng(devices=[d.device] if d.device.type == "cuda" else []):
             run = Run(cfg, d, Path(data_dir), Path(run_dir), log=log if d.main else _quiet)
             return run.run(resume=resume, stop_after_steps=stop_after_steps)
     finally:
         torch.set_num_threads(threads)
         shutdown(d)
-
-
-def _check_reproducible(cfg: TrainConfig, d) -> None:
-    from train.repro import check_pinned
-
-    problems = [f"training runs on {d.device}, not the CPU"] if d.device.type != "cpu" else []
-    problems += check_pinned(cfg.threads)
-    if problems:
-        raise FitError("--reproducible: " + "; ".join(problems) + " (python -m train --reproducible sets the "
-                       "pins itself; set them before Python starts when calling fit() directly)")
 
 
 def _quiet(*args, **kwargs) -> None:

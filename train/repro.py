@@ -19,7 +19,7 @@ import platform
 import sys
 from collections.abc import Mapping
 
-__all__ = ["PINNED_THREADS", "check_pinned", "is_pinned", "pinned_env", "reexec_pinned"]
+__all__ = ["PINNED_THREADS", "PIN_HINT", "check_pinned", "is_pinned", "pinned_env", "reexec_pinned"]
 
 PINNED_THREADS = 2  # the CI machines' cores; the model depends on it, so it is part of the recipe
 
@@ -35,6 +35,7 @@ _ISA_PINS = {
     "NPY_DISABLE_CPU_FEATURES": _NUMPY_ABOVE_AVX2,
 }
 _MARK = "XRAY_REPRODUCIBLE_THREADS"
+PIN_HINT = "python -m train --reproducible sets the pins itself; set them before Python starts to call fit() directly"
 
 
 def pinned_env(threads: int = PINNED_THREADS, base: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -54,11 +55,12 @@ def _x86_64() -> bool:
     return platform.machine().lower() in ("x86_64", "amd64")
 
 
-def check_pinned(threads: int) -> list[str]:
-    """What stands between this process and a reproducible run (empty: nothing)."""
+def check_pinned(threads: int, device: str = "cpu") -> list[str]:
+    """What stands between this process and a reproducible run on ``device`` (empty: nothing)."""
     if not _x86_64():
         return [f"reproducible CPU training is defined for x86-64 machines, not {platform.machine()}"]
-    problems = [f"{k}={v} is not set" for k, v in _ISA_PINS.items() if os.environ.get(k) != v]
+    problems = [f"training runs on {device}, not the CPU"] if device != "cpu" else []
+    problems += [f"{k}={v} is not set" for k, v in _ISA_PINS.items() if os.environ.get(k) != v]
     import torch
 
     capability = torch.backends.cpu.get_cpu_capability()
