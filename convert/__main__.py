@@ -54,6 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cam-baseline", dest="cam_baseline", action="store_false",
                    help="plain Grad-CAM: do not store the per-label CAM baselines (mean feature maps of the "
                         "calibration films without each label)")
+    p.add_argument("--guard-films", type=int, default=1000, metavar="N",
+                   help="validation films the out-of-distribution guard is fitted on (default 1000, all when fewer)")
+    p.add_argument("--false-refusal", type=float, default=0.01, metavar="RATE",
+                   help="the guard's threshold: the share of in-distribution films it may refuse (default 0.01), "
+                        "measured on films it was not fitted on")
+    p.add_argument("--no-guard", dest="guard", action="store_false",
+                   help="no out-of-distribution guard (edge then scores every film, as before)")
     p.add_argument("--seed", type=int, default=0, help="film selection seed")
     p.add_argument("--verbose", action="store_true", help="show onnx2tf's own output")
     return p
@@ -62,7 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _options(args: argparse.Namespace):
     from convert.pipeline import Options
 
-    for name in ("calibration", "heldout", "auroc_min_films", "float_check_films"):
+    if not 0 < args.false_refusal < 0.5:
+        raise ConvertError(f"--false-refusal must be between 0 and 0.5, got {args.false_refusal}")
+    for name in ("calibration", "heldout", "auroc_min_films", "float_check_films", "guard_films"):
         if getattr(args, name) < 1:
             flag = "--" + name.replace("_", "-")
             raise ConvertError(f"{flag} must be a positive number of films, got {getattr(args, name)}")
@@ -73,6 +82,7 @@ def _options(args: argparse.Namespace):
                    max_int8_mb=args.max_int8_mb, batchnorm=args.batchnorm, scores=args.scores,
                    bias_correction=args.bias_correction, cam_baseline=args.cam_baseline,
                    auroc_min_films=args.auroc_min_films, float_check_films=args.float_check_films, seed=args.seed,
+                   guard=args.guard, guard_films=args.guard_films, false_refusal=args.false_refusal,
                    verbose=args.verbose)
 
 

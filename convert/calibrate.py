@@ -22,7 +22,7 @@ import numpy as np
 
 from convert.errors import ConvertError
 
-__all__ = ["MIN_FILMS", "FilmSet", "load_films", "pick_covering", "split_films"]
+__all__ = ["MIN_FILMS", "FilmSet", "load_films", "pick_covering", "split_films", "validation_films"]
 
 MIN_FILMS = 8
 
@@ -112,3 +112,16 @@ def split_films(data_dir: str | Path, meta: dict, n_calibration: int, n_heldout:
     cal = pick_covering(np.stack([f.target for f in ds.val]), n_calibration, seed)
     held = pick_covering(np.stack([f.target for f in ds.test]), n_heldout, seed + 1)
     return _subset(ds.val, cal), _subset(ds.test, held)
+
+
+def validation_films(data_dir: str | Path, meta: dict, n: int, seed: int = 0) -> FilmSet:
+    """Up to ``n`` validation films (every label covered first, like the calibration films), preprocessed:
+    the films the out-of-distribution guard is fitted and its threshold chosen on (convert.novelty)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = _dataset(Path(data_dir), meta)
+    if len(ds.val) < MIN_FILMS:
+        raise ConvertError(f"{data_dir}: too few validation films for the guard: {len(ds.val)} (at least {MIN_FILMS})")
+    return _subset(ds.val, pick_covering(np.stack([f.target for f in ds.val]), n, seed))

@@ -34,6 +34,7 @@ from edge.errors import EdgeError, FilmError, StoreError
 from edge.preprocess import preprocess
 from edge.progress import Progress, StopOnSignal, run_main
 from edge.report import export_all, summary_text
+from edge.screen import ALLOWED, REFUSED, guard_notes, judge_result, refuse_unscored, screen_file
 from edge.store import DB_NAME, OVERLAYS, FilmResult, OutLock, Store, output_error
 from edge.walk import collect, hash_film_file, path_text
 
@@ -90,6 +91,8 @@ class ScanContext:
     cam_mode: str = "top"
     top_k: int = 3
     overlays: bool = True
+    guard: Any = None  # edge.novelty.Guard, None: the bundle has none (every film scored, as before)
+    allow_unrecognised: bool = False  # score films the guard or the screen refuses, marked so
 
 
 @dataclass
@@ -105,6 +108,7 @@ class Prepared:
     error: EdgeError | None = None
     error_kind: str | None = None
     skip: str | None = None  # "done" (already in the store) | "duplicate" (same bytes earlier in this run)
+    refusal: str | None = None  # edge.screen.screen_file: not a chest film, from its header or colour
 
 
 @dataclass
@@ -113,6 +117,8 @@ class Summary:
     scored: int = 0
     skipped: Counter = field(default_factory=Counter)
     errors: Counter = field(default_factory=Counter)
+    refused: int = 0  # not recognised as chest films (edge.screen): no findings
+    allowed: int = 0  # ... scored anyway (--allow-unrecognised)
     not_films: Counter = field(default_factory=Counter)
     seconds: float = 0.0
     stopped: bool = False
@@ -141,6 +147,7 @@ def prepare(path: Path, done: set[str], seen: set[str]) -> Prepared:
         start = time.perf_counter()
         item.film = load_film(path)
         item.x = preprocess(item.film)
+        item.refusal = screen_file(path)
         item.decode_ms = (time.perf_counter() - start) * 1000.0
     except Exception as err:  # noqa: BLE001 - a decoder bug on one film must not end the scan
         if not isinstance(err, FilmError):
@@ -215,16 +222,21 @@ def score_prepared(item: Prepared, ctx: ScanContext) -> Scored:
     if item.error is not None:
         result.error_kind, result.error = item.error_kind, str(item.error)
         return scored
+    result.film_height, result.film_width = (int(n) for n in item.film.shape)
+    if item.refusal is not None and not ctx.allow_unrecognised:  # guard hook: refused before the model
+        refuse_unscored(result, item.refusal)
+        return scored
     pred = ctx.model.predict(item.x)
     scores = np.asarray(pred.scores, np.float64).reshape(-1)
     flagged = [i for i, (s, t) in enumerate(zip(scores, ctx.model.bundle.thresholds, strict=True)) if s >= t]
+    shown = judge_result(result, ctx.guard, pred.features, item.refusal, ctx.allow_unrecognised)  # guard hook
+    flagged = flagged if shown else []
     best = int(np.argmax(scores))
     result.status, result.invoke_ms, result.decode_ms = "ok", float(pred.invoke_ms), item.decode_ms
     result.scores = {label: round(float(s), 6) for label, s in zip(result.labels, scores, strict=True)}
     result.flagged = [result.labels[i] for i in sorted(flagged, key=lambda i: -scores[i])]
     result.top_label, result.top_score = result.labels[best], round(float(scores[best]), 6)
-    result.film_height, result.film_width = (int(n) for n in item.film.shape)
-    if ctx.explainer is not None:
+    if ctx.explainer is not None and shown:
         _explain(scored, ctx, pred.features, _cam_targets(scores, flagged, ctx.cam_mode, ctx.top_k))
     return scored
 
@@ -295,6 +307,10 @@ def _settle(future: Future | None, summary: Summary, progress: Progress) -> None
     if future is None:
         return
     result = future.result()
+    if result.guard in (REFUSED, ALLOWED):  # guard hook: the scan's line for a refused film
+        summary.refused += result.guard == REFUSED
+        summary.allowed += result.guard == ALLOWED
+        progress.message(f"{result.guard}: {result.film_path}: {result.refusal}")
     if result.status == "ok":
         summary.scored += 1
     else:
@@ -373,21 +389,31 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=_positive, default=3, help="at most this many heatmaps per film with --cam top")
     p.add_argument("--no-overlays", action="store_true", help="compute heatmap peaks but write no overlay PNGs")
     p.add_argument("--quiet", action="store_true", help="no progress bar (films that fail are still named)")
+    p.add_argument("--verbose", action="store_true", help="also name every file passed over in the folders")
+    p.add_argument("--allow-unrecognised", action="store_true",
+                   help="score films not recognised as chest films like the training films (another modality or "
+                        "body part, a colour picture, or over the bundle's novelty threshold) as if they were, "
+                        "marked 'scored anyway'; by default they get no findings and no heatmaps")
     return p
 
 
 def _run(args: argparse.Namespace) -> int:
+    from edge.novelty import load_guard
     from edge.runtime import open_model
 
     model = open_model(args.bundle, device=args.device, threads=args.threads)  # verified before any film
-    for note in model.notes:
+    guard = load_guard(model.bundle)
+    for note in (*model.notes, *guard_notes(guard)):
         print(f"note: {note}", file=sys.stderr)
     out = Path(args.out)
     with OutLock(out), Store(out / DB_NAME) as store:
         explainer = None if args.cam == "none" else CamExplainer(model.bundle, getattr(model, "head", None))
         ctx = ScanContext(model=model, explainer=explainer, store=store, out_dir=out, cam_mode=args.cam,
-                          top_k=args.top, overlays=not args.no_overlays)
-        films, passed = collect(args.paths)
+                          top_k=args.top, overlays=not args.no_overlays, guard=guard,
+                          allow_unrecognised=args.allow_unrecognised)
+        films, passed = collect(args.paths, passed_paths := [])
+        for path in passed_paths if args.verbose else ():
+            print(f"passed over (not a film by name or content): {path_text(path)}", file=sys.stderr)
         with StopOnSignal() as interrupts:
             summary = scan_paths(films, ctx, progress=Progress(len(films), enabled=not args.quiet),
                                  interrupt=interrupts.event)
