@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import quote
 
 from edge.progress import printable
-from edge.screen import ALLOWED, NOT_RECOGNISED, REFUSED
+from edge.screen import ALLOWED, NOT_RECOGNISED, REFUSED, guard_notes
 from edge.store import DB_NAME, OVERLAYS, Store, atomic_write_text, output_error
 
 __all__ = ["DEMO_DISCLAIMER", "export_all", "held_out_auroc", "prune_overlays", "render_report",
@@ -241,6 +241,7 @@ def summary_text(summary: Any, model: Any, out_dir: Path, exports: dict[str, Pat
                  f"(database {out_dir / DB_NAME})")
     if auroc := _auroc_text(model.bundle.spec):
         lines.append(f"Model: {auroc} (from its training metrics)")
+    lines.extend(f"Note: {note}" for note in guard_notes(model.bundle.spec.get("novelty")))  # guard hook
     if model.bundle.is_demo:
         lines.append(f"*** {DEMO_DISCLAIMER} ***")
     return "\n".join(printable(line) for line in lines)

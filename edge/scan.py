@@ -34,7 +34,7 @@ from edge.errors import EdgeError, FilmError, StoreError
 from edge.preprocess import preprocess
 from edge.progress import Progress, StopOnSignal, run_main
 from edge.report import export_all, summary_text
-from edge.screen import ALLOWED, REFUSED, guard_notes, judge_result, refuse_unscored, screen_file
+from edge.screen import ALLOWED, REFUSED, judge_result, refuse_unscored, screen_file
 from edge.store import DB_NAME, OVERLAYS, FilmResult, OutLock, Store, output_error
 from edge.walk import collect, hash_film_file, path_text
 
@@ -402,8 +402,8 @@ def _run(args: argparse.Namespace) -> int:
     from edge.runtime import open_model
 
     model = open_model(args.bundle, device=args.device, threads=args.threads)  # verified before any film
-    guard = load_guard(model.bundle)
-    for note in (*model.notes, *guard_notes(guard)):
+    guard = load_guard(model.bundle)  # None: no guard in the bundle, which the summary says
+    for note in model.notes:
         print(f"note: {note}", file=sys.stderr)
     out = Path(args.out)
     with OutLock(out), Store(out / DB_NAME) as store:

@@ -122,8 +122,8 @@ def screen_file(path: str | os.PathLike) -> str | None:
         return None
 
 
-def guard_notes(guard: Guard | None) -> tuple[str, ...]:
-    """What a caller says once about the bundle's guard: nothing when it has one."""
+def guard_notes(guard: Guard | dict | None) -> tuple[str, ...]:
+    """What a caller says once about the bundle's guard (or bundle.json's ``novelty``): nothing when it has one."""
     if guard is not None:
         return ()
     return ("this bundle has no out-of-distribution guard (it was converted before the guard existed): films unlike "
