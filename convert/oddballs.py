@@ -90,10 +90,13 @@ def _gradient(rng: np.random.Generator, i: int) -> np.ndarray:
     return np.round(lo + (hi - lo + 20) * g).clip(0, 255).astype(np.uint8)
 
 
-def far(per_kind: int = 10, seed: int = 0) -> Iterator[tuple[str, str, np.ndarray]]:
-    """(kind, name, picture) for every far kind: photos (as many as installed), text, noise, gradients."""
+def far(per_kind: int = 10, seed: int = 0, photos: int | None = None) -> Iterator[tuple[str, str, np.ndarray]]:
+    """(kind, name, picture) for every far kind: photos (all those installed, or the first ``photos``), text,
+    noise, gradients."""
     rng = np.random.default_rng(seed)
-    for name, arr in natural_photos():
+    for n, (name, arr) in enumerate(natural_photos()):
+        if photos is not None and n >= photos:
+            break
         yield "photo", name, arr
     for i in range(per_kind):
         yield "text", f"text-{i}", _text_page(rng)
@@ -130,10 +133,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--films", type=Path, nargs="*", default=[], help="phantom films to make near kinds from")
     p.add_argument("--per-kind", type=int, default=10, help="generated pictures per far kind (default 10)")
+    p.add_argument("--photos", type=int, default=None, help="at most this many photos (default: all)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     n = 0
-    for kind, name, pic in far(args.per_kind, args.seed):
+    for kind, name, pic in far(args.per_kind, args.seed, args.photos):
         write(args.out, f"{kind}-{name}" if not name.startswith(kind) else name, pic)
         n += 1
     for kind, i, pic in near([load_film(f) for f in args.films], args.seed):
