@@ -55,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="plain Grad-CAM: do not store the per-label CAM baselines (mean feature maps of the "
                         "calibration films without each label)")
     p.add_argument("--guard-films", type=int, default=1000, metavar="N",
-                   help="validation films the out-of-distribution guard is fitted on (default 1000, all when fewer)")
+                   help="training films the out-of-distribution guard is fitted on, and validation films its "
+                        "threshold is set on (default 1000 of each, all when fewer)")
     p.add_argument("--false-refusal", type=float, default=0.01, metavar="RATE",
                    help="the guard's threshold: the share of in-distribution films it may refuse (default 0.01), "
                         "measured on films it was not fitted on")

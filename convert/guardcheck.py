@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from convert.novelty import fit_guard, fit_ledoit_wolf, fit_pca, knn_novelty
+from convert.novelty import crossfit_guard, fit_guard, fit_pca, knn_novelty
 from convert.oddballs import FAR_KINDS, NEAR_KINDS, far, near
 
 __all__ = ["main", "measure"]
@@ -33,31 +33,50 @@ def _features(model_path: Path, pictures: list[np.ndarray]) -> np.ndarray:
     return pooled_features(tflite_run(model_path, x)[1])
 
 
-def _splits(bundle, data: Path) -> dict:
+def _splits(bundle, data: Path) -> tuple[dict, dict]:
     from convert.calibrate import _dataset
     from edge.films import load_film
 
     meta = {"data": bundle.spec["provenance"]["data"], "labels": bundle.labels}
     ds = _dataset(data, meta)
-    return {name: [load_film(f.path) for f in part] for name, part in (("train", ds.train), ("val", ds.val),
-                                                                          ("test", ds.test))}
+    parts = (("train", ds.train), ("val", ds.val), ("test", ds.test))
+    return ({name: [load_film(f.path) for f in part] for name, part in parts},
+            {name: [f.image.split("_")[0] for f in part] for name, part in parts})
 
 
-def _methods(val: np.ndarray, train: np.ndarray, rate: float) -> dict:
-    def knn_fitter(fit: np.ndarray):
-        return lambda x: knn_novelty(fit, x)
-    lw, _ = fit_guard(val, rate)
-    pca, _ = fit_guard(val, rate, fitter=fit_pca)
-    oof = np.concatenate([knn_novelty(np.delete(val, part, axis=0), val[part])
-                          for part in np.array_split(np.arange(len(val)), 5)])
-    from convert.novelty import choose_threshold
-    trained = fit_ledoit_wolf(train)
+def _guard_method(guard) -> tuple:
     from edge.novelty import distances
-    return {"ledoit-wolf (shipped)": (lambda x: distances(lw, x), lw.threshold),
-            "pca95+residual": (lambda x: distances(pca, x), pca.threshold),
-            "knn5 cosine": (knn_fitter(val), choose_threshold(oof, rate)["threshold"]),
-            "ledoit-wolf fit on train, threshold on val": (
-                lambda x: distances(trained, x), choose_threshold(distances(trained, val), rate)["threshold"])}
+
+    return (lambda x: distances(guard, x), guard.threshold)
+
+
+def _knn(fit: np.ndarray, groups: list[str], rate: float) -> tuple:
+    from convert.novelty import choose_threshold, fold_parts
+
+    oof = np.empty(len(fit))
+    for part in fold_parts(groups, 5, 0):
+        oof[part] = knn_novelty(np.delete(fit, part, axis=0), fit[part])
+    return (lambda x: knn_novelty(fit, x), choose_threshold(oof, rate)["threshold"])
+
+
+def _methods(feats: dict, groups: dict, rate: float) -> dict:
+    val, g, train = feats["val"], groups["val"], feats["train"]
+    both, g_both = np.concatenate([train, val]), groups["train"] + g
+    return {"LW, fit train, threshold val (shipped)": _guard_method(fit_guard(train, val, rate)[0]),
+            "PCA95+residual, fit train, threshold val": _guard_method(fit_guard(train, val, rate, fit_pca)[0]),
+            "kNN5 cosine, fit train, threshold val": _knn_split(train, val, rate),
+            "LW, val, cross-fit by film": _guard_method(crossfit_guard(val, rate)[0]),
+            "LW, val, cross-fit by patient": _guard_method(crossfit_guard(val, rate, groups=g)[0]),
+            "PCA95+residual, val, cross-fit by patient": _guard_method(
+                crossfit_guard(val, rate, fitter=fit_pca, groups=g)[0]),
+            "kNN5 cosine, val, cross-fit by patient": _knn(val, g, rate),
+            "LW, train+val, cross-fit by patient": _guard_method(crossfit_guard(both, rate, groups=g_both)[0])}
+
+
+def _knn_split(fit: np.ndarray, check: np.ndarray, rate: float) -> tuple:
+    from convert.novelty import choose_threshold
+
+    return (lambda x: knn_novelty(fit, x), choose_threshold(knn_novelty(fit, check), rate)["threshold"])
 
 
 def measure(bundle_dir: Path, data: Path, nih: Path | None = None, rate: float = 0.01, per_kind: int = 20,
@@ -68,7 +87,7 @@ def measure(bundle_dir: Path, data: Path, nih: Path | None = None, rate: float =
 
     bundle = load_bundle(bundle_dir)
     model = bundle.model_path("int8")
-    films = _splits(bundle, data)
+    films, groups = _splits(bundle, data)
     feats = {k: _features(model, v) for k, v in films.items()}
     kinds: dict[str, list[np.ndarray]] = {}
     for kind, _, pic in far(per_kind):
@@ -82,7 +101,7 @@ def measure(bundle_dir: Path, data: Path, nih: Path | None = None, rate: float =
         kind_feats["real NIH films"] = _features(model, [load_film(p) for p in sorted(nih.glob("*.png"))])
         coloured["real NIH films"] = np.zeros(len(kind_feats["real NIH films"]), bool)
     table = {}
-    for name, (score, threshold) in _methods(feats["val"], feats["train"], rate).items():
+    for name, (score, threshold) in _methods(feats, groups, rate).items():
         start = time.perf_counter()
         for row in feats["test"][:50]:
             score(row[None])
@@ -100,8 +119,8 @@ def measure(bundle_dir: Path, data: Path, nih: Path | None = None, rate: float =
 
 def _print(result: dict) -> None:
     kinds = result["kinds"]
-    print(f"fitted on {result['validation_films']} validation films ({result['train_films']} training films "
-          f"for the last row); detection = guard alone (with the colour check)")
+    print(f"{result['train_films']} training films, {result['validation_films']} validation films; "
+          f"detection = guard alone (with the colour check before it)")
     print("| method | threshold | false refusal (test) | " + " | ".join(kinds) + " | cost ms |")
     print("|---" * (len(kinds) + 4) + "|")
     for name, row in result["methods"].items():

@@ -235,9 +235,10 @@ def _fidelity_lines(rep: dict) -> str:
 
 
 def _guard(state: _State) -> None:
-    """The out-of-distribution guard (convert.novelty) on the int8 model's features of validation films;
-    its false refusals on the held-out test films are measured and recorded, not used to choose anything."""
-    from convert.calibrate import validation_films
+    """The out-of-distribution guard (convert.novelty) on the int8 model's features: fitted on training films,
+    its threshold set on validation films; its false refusals on the held-out test films are measured and
+    recorded, not used to choose anything."""
+    from convert.calibrate import guard_films
     from convert.novelty import fit_guard
     from convert.tflite import tflite_run
     from edge.novelty import NOVELTY_FILE, distances, pooled_features
@@ -246,21 +247,23 @@ def _guard(state: _State) -> None:
     a["novelty"] = None
     if not o.guard:
         return
-    films = validation_films(o.data, a["meta"], o.guard_films, o.seed)
-    guard, how = fit_guard(pooled_features(tflite_run(a["int8"], films.images)[1]), o.false_refusal, seed=o.seed)
+    train, val = guard_films(o.data, a["meta"], o.guard_films, o.seed)
+    guard, how = fit_guard(*(pooled_features(tflite_run(a["int8"], s.images)[1]) for s in (train, val)),
+                           o.false_refusal)
     held = distances(guard, pooled_features(a["held_features"]))
     a["guard"] = guard
     a["novelty"] = {"method": guard.method, "threshold": guard.threshold, "params": NOVELTY_FILE,
                     "descriptor": "int8 feature map, dequantised, averaged over space",
                     "distance": "Mahalanobis distance / sqrt(channels) (edge.novelty)",
-                    "components": int(guard.components.shape[0]), "fitted_on": {"split": "validation",
-                                                                                 "films": len(films.names)},
-                    "threshold_choice": how, "heldout": {"split": "test", "films": int(held.size),
-                                                         "false_refusal": float((held > guard.threshold).mean()),
-                                                         "novelty_max": float(held.max())}}
-    o.log(f"   guard: {guard.method} on {len(films.names)} validation films, threshold {guard.threshold:.3f} "
-          f"(false refusals: {how['false_refusal_rate']:.0%} asked; held-out test films "
-          f"{a['novelty']['heldout']['false_refusal']:.1%} of {held.size})")
+                    "components": int(guard.components.shape[0]),
+                    "fitted_on": {"split": "train", "films": len(train.names)},
+                    "threshold_choice": {"split": "validation", **how},
+                    "heldout": {"split": "test", "films": int(held.size),
+                                "false_refusal": float((held > guard.threshold).mean()),
+                                "novelty_max": float(held.max())}}
+    o.log(f"   guard: {guard.method} fitted on {len(train.names)} training films, threshold {guard.threshold:.3f} "
+          f"set on {len(val.names)} validation films for {how['false_refusal_rate']:.0%} false refusals; "
+          f"held-out test films refused: {a['novelty']['heldout']['false_refusal']:.1%} of {held.size}")
 
 
 def _edgetpu(state: _State) -> None:

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 import edge.runtime
-from convert.novelty import choose_threshold, fit_guard, fit_ledoit_wolf, fit_pca, ledoit_wolf_shrinkage
+from convert.novelty import choose_threshold, crossfit_guard, fit_guard, fit_ledoit_wolf, fit_pca, ledoit_wolf_shrinkage
 from convert.oddballs import natural_photos
 from edge.bundle import Bundle
 from edge.errors import BundleError
@@ -50,13 +50,23 @@ def test_shrinkage_matches_scikit_learn():
     assert ledoit_wolf_shrinkage(x - x.mean(axis=0))[0] == pytest.approx(sklearn.ledoit_wolf(x)[1], rel=1e-9)
 
 
-def test_pca_guard_and_threshold_choice():
+def test_guard_fitted_on_some_films_threshold_set_on_others():
+    x, check = _data(200), _data(100)
+    guard, how = fit_guard(x, check, 0.05)
+    assert how["films"] == 100 and guard.threshold == max(how["empirical_quantile"], how["lognormal_quantile"])
+    assert 0 < (distances(guard, _data(2000)) > guard.threshold).mean() < 0.1  # about the rate asked
+    assert (distances(guard, x[:20] + 25.0) > guard.threshold).all()
+
+
+def test_crossfitted_pca_guard_keeps_a_patient_in_one_fold():
     x = _data(200)
-    guard, how = fit_guard(x, 0.05, fitter=fit_pca)
+    groups = [f"p{i // 3}" for i in range(200)]
+    guard, how = crossfit_guard(x, 0.05, fitter=fit_pca, groups=groups)
     assert guard.components.shape[0] < x.shape[1] and how["folds"] == 5 and how["films"] == 200
-    assert guard.threshold == max(how["empirical_quantile"], how["lognormal_quantile"])
-    far = x[:20] + 25.0
-    assert (distances(guard, far) > guard.threshold).all()
+    assert (distances(guard, x[:20] + 25.0) > guard.threshold).all()
+    from convert.novelty import fold_parts
+    for part in fold_parts(groups, 5, 0):
+        assert not {groups[i] for i in part} & {g for j, g in enumerate(groups) if j not in set(part)}
     chosen = choose_threshold(np.exp(RNG.normal(size=5000)), 0.01)
     assert chosen["empirical_quantile"] == pytest.approx(chosen["lognormal_quantile"], rel=0.1)
 
@@ -64,7 +74,7 @@ def test_pca_guard_and_threshold_choice():
 def test_pooled_features_and_judge():
     maps = RNG.random((3, 7, 7, 40)).astype(np.float32)
     assert pooled_features(maps).shape == (3, 40) and pooled_features(maps[0]).shape == (40,)
-    guard, _ = fit_guard(pooled_features(RNG.random((50, 7, 7, 40))), 0.01)
+    guard, _ = fit_guard(*(pooled_features(RNG.random((n, 7, 7, 40))) for n in (60, 40)), 0.01)
     assert judge(guard, maps[0]).in_distribution
     assert not judge(guard, maps[0] + 5).in_distribution
 
@@ -78,7 +88,7 @@ def _bundle_with_guard(path: Path, guard: Guard) -> Bundle:
 
 
 def test_load_guard_round_trip_old_bundles_and_damage(tmp_path):
-    guard, _ = fit_guard(_data(), 0.01)
+    guard, _ = fit_guard(_data(), _data(), 0.01)
     bundle = _bundle_with_guard(tmp_path / "b", guard)
     loaded = load_guard(bundle)
     x = _data(4)
@@ -136,7 +146,7 @@ def guarded(monkeypatch, tmp_path):
 
     level = float(preprocess(np.full((96, 80), 77, np.uint8) + RNG.integers(0, 3, (96, 80)).astype(np.uint8))
                   [16::32, 16::32, 0].mean()) / 255
-    guard, _ = fit_guard(RNG.normal(level, 0.03, (80, 4)), 0.01)
+    guard, _ = fit_guard(RNG.normal(level, 0.03, (80, 4)), RNG.normal(level, 0.03, (80, 4)), 0.01)
     bundle = _bundle_with_guard(tmp_path / "bundle", guard)
     monkeypatch.setattr(edge.runtime, "open_model", lambda *a, **k: GuardedModel(bundle))
     monkeypatch.setattr("edge.scan.CamExplainer", lambda *a, **k: FakeExplainer())
