@@ -144,8 +144,8 @@ def judge_result(result: Any, guard: Guard | None, features: np.ndarray, reason:
         verdict = judge(guard, features)
         result.novelty, result.in_distribution = round(verdict.novelty, 4), verdict.in_distribution
         if reason is None and not verdict.in_distribution:
-            reason = (f"{NOT_RECOGNISED}: its novelty {verdict.novelty:.2f} is over the threshold "
-                      f"{verdict.threshold:.2f} of the films the model was checked on")
+            reason = (f"{NOT_RECOGNISED}: its features are {verdict.novelty:.2f} from the training films' "
+                      f"(novelty), over the threshold {verdict.threshold:.2f}")
     if reason is None:
         result.guard = ACCEPTED if guard is not None else None
         return True
