@@ -33,10 +33,11 @@ test: install lint
 demo: install
 	@bash -c 'set -euo pipefail; t0=$$SECONDS; \
 	  echo "== 1/4 phantom films"; $(PY) -m train.phantoms --out $(DEMO)/phantoms --patients 120 --seed 0; \
-	  $(PY) -m train.phantoms --out $(DEMO)/field --patients 6 --seed 1001 --quiet; t1=$$SECONDS; \
+	  $(PY) -m train.phantoms --out $(DEMO)/field --patients 6 --seed 1001 --quiet; \
+	  $(PY) -m convert.oddballs --out $(DEMO)/not-films --per-kind 1 --photos 1 --films $$(ls $(DEMO)/field/images/*.png | head -1); t1=$$SECONDS; \
 	  echo "== 2/4 training DenseNet-121 on the CPU"; $(PY) -m train --data $(DEMO)/phantoms --out $(DEMO)/run --preset demo; t2=$$SECONDS; \
 	  echo "== 3/4 converting to int8 TFLite"; $(PY) -m convert $(DEMO)/run/best.safetensors --data $(DEMO)/phantoms --out $(DEMO)/bundle --calibration 64 --force --max-mean-dauroc 0.05 --max-dscore 0.2; t3=$$SECONDS; \
-	  echo "== 4/4 scanning films"; $(PY) -m edge.scan $(DEMO)/field/images $(FILMS) --bundle $(DEMO)/bundle --out $(DEMO)/results; t4=$$SECONDS; \
+	  echo "== 4/4 scanning films"; $(PY) -m edge.scan $(DEMO)/field/images $(DEMO)/not-films $(FILMS) --bundle $(DEMO)/bundle --out $(DEMO)/results; t4=$$SECONDS; \
 	  echo "demo stages (s): phantoms $$((t1-t0)), train $$((t2-t1)), convert $$((t3-t2)), scan $$((t4-t3)); total $$((t4-t0))"'
 
 convert: install

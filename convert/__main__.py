@@ -63,13 +63,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cam-baseline", dest="cam_baseline", action="store_false",
                    help="plain Grad-CAM: do not store the per-label CAM baselines (mean feature maps of the "
                         "calibration films without each label)")
+    p.add_argument("--guard-films", type=int, default=_DEFAULTS["guard_films"], metavar="N",
+                   help="training films the out-of-distribution guard is fitted on, and validation films its "
+                        "threshold is set on (default %(default)s of each, all when fewer)")
+    p.add_argument("--false-refusal", type=float, default=_DEFAULTS["false_refusal"], metavar="RATE",
+                   help="the guard's threshold: the share of in-distribution films it may refuse (default "
+                        "%(default)s), measured on films it was not fitted on")
+    p.add_argument("--no-guard", dest="guard", action="store_false",
+                   help="no out-of-distribution guard (edge then scores every film, as before)")
     p.add_argument("--seed", type=int, default=_DEFAULTS["seed"], help="film selection seed")
     p.add_argument("--verbose", action="store_true", help="show onnx2tf's own output")
     return p
 
 
 def _options(args: argparse.Namespace):
-    for name in ("calibration", "heldout", "auroc_min_films", "float_check_films"):
+    if not 0 < args.false_refusal < 0.5:
+        raise ConvertError(f"--false-refusal must be between 0 and 0.5, got {args.false_refusal}")
+    for name in ("calibration", "heldout", "auroc_min_films", "float_check_films", "guard_films"):
         if getattr(args, name) < 1:
             flag = "--" + name.replace("_", "-")
             raise ConvertError(f"{flag} must be a positive number of films, got {getattr(args, name)}")

@@ -22,7 +22,7 @@ import numpy as np
 
 from convert.errors import ConvertError
 
-__all__ = ["MIN_FILMS", "FilmSet", "load_films", "pick_covering", "split_films"]
+__all__ = ["MIN_FILMS", "FilmSet", "load_films", "pick_covering", "split_films", "guard_films"]
 
 MIN_FILMS = 8
 
@@ -112,3 +112,19 @@ def split_films(data_dir: str | Path, meta: dict, n_calibration: int, n_heldout:
     cal = pick_covering(np.stack([f.target for f in ds.val]), n_calibration, seed)
     held = pick_covering(np.stack([f.target for f in ds.test]), n_heldout, seed + 1)
     return _subset(ds.val, cal), _subset(ds.test, held)
+
+
+def guard_films(data_dir: str | Path, meta: dict, n: int, seed: int = 0) -> tuple[FilmSet, FilmSet]:
+    """(up to ``n`` training films, up to ``n`` validation films), preprocessed, every label covered first: the
+    out-of-distribution guard is fitted on the first and its threshold set on the second (convert.novelty)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = _dataset(Path(data_dir), meta)
+    for what, part in (("training", ds.train), ("validation", ds.val)):
+        if len(part) < MIN_FILMS:
+            raise ConvertError(f"{data_dir}: too few {what} films for the guard: {len(part)} (at least {MIN_FILMS}); "
+                               f"convert with --no-guard to make a bundle without one")
+    return tuple(_subset(part, pick_covering(np.stack([f.target for f in part]), n, seed))
+                 for part in (ds.train, ds.val))

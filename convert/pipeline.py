@@ -24,6 +24,7 @@ from edge.heads import HEADS
 
 if TYPE_CHECKING:
     from convert.calibrate import FilmSet
+    from edge.novelty import Guard
     from train.model import DenseNet121
 
 __all__ = ["BATCHNORMS", "SCORES", "Artifacts", "Options", "convert"]
@@ -53,6 +54,9 @@ class Options:
     cam_baseline: bool = True
     auroc_min_films: int = 1
     float_check_films: int = 32
+    guard: bool = True
+    guard_films: int = 1000
+    false_refusal: float = 0.01
     seed: int = 0
     verbose: bool = False
     log: Callable[[str], None] = print
@@ -80,6 +84,9 @@ class Artifacts:
     edgetpu: dict = field(default_factory=dict)
     edgetpu_model: Path | None = None
     edgetpu_log: Path | None = None
+    held_features: np.ndarray | None = None  # the int8 model's features of the held-out films
+    guard: Guard | None = None  # the out-of-distribution guard (convert.novelty)
+    novelty: dict | None = None  # bundle.json's novelty entry
 
 
 @dataclass
@@ -225,6 +232,7 @@ def _fidelity(state: _State) -> None:
     outs = {"torch": torch_run(a.model, meta["task"], first), "onnx": onnx_run(a.onnx, first),
             "fp32": tflite_run(a.fp32, held.images), "int8": tflite_run(a.int8, held.images)}
     model_scores, feats = outs["int8"]
+    a.held_features = feats  # the guard's held-out check (_guard)
     if state.opts.scores == "features":  # what edge reports: the float head on the int8 features
         outs["int8"] = (head_scores(meta["head"], meta["task"], a.head, feats), feats)
     rep = fidelity.report(outs["torch"], outs["onnx"], outs["fp32"], outs["int8"], held.targets,
@@ -257,6 +265,38 @@ def _fidelity_lines(rep: dict) -> str:
             f"   on {o['films']} of them, ONNX vs PyTorch: max |dscore| {o['max_abs_dscore']:.2e}, "
             f"max |dfeature| {o['max_abs_dfeature']:.2e}; "
             f"fp32 TFLite vs ONNX: max |dscore| {f['max_abs_dscore']:.2e}{raw}")
+
+
+def _guard(state: _State) -> None:
+    """The out-of-distribution guard (convert.novelty) on the int8 model's features: fitted on training films,
+    its threshold set on validation films; its false refusals on the held-out test films are measured and
+    recorded, not used to choose anything."""
+    from convert.calibrate import guard_films
+    from convert.novelty import fit_guard
+    from convert.tflite import tflite_run
+    from edge.novelty import NOVELTY_FILE, distances, pooled_features
+
+    a, o = state.art, state.opts
+    a.novelty = None
+    if not o.guard:
+        return
+    train, val = guard_films(o.data, a.meta, o.guard_films, o.seed)
+    guard, how = fit_guard(*(pooled_features(tflite_run(a.int8, s.images)[1]) for s in (train, val)),
+                           o.false_refusal)
+    held = distances(guard, pooled_features(a.held_features))
+    a.guard = guard
+    a.novelty = {"method": guard.method, "threshold": guard.threshold, "params": NOVELTY_FILE,
+                    "descriptor": "int8 feature map, dequantised, averaged over space",
+                    "distance": "Mahalanobis distance / sqrt(channels) (edge.novelty)",
+                    "components": int(guard.components.shape[0]),
+                    "fitted_on": {"split": "train", "films": len(train.names)},
+                    "threshold_choice": {"split": "validation", **how},
+                    "heldout": {"split": "test", "films": int(held.size),
+                                "false_refusal": float((held > guard.threshold).mean()),
+                                "novelty_max": float(held.max())}}
+    o.log(f"   guard: {guard.method} fitted on {len(train.names)} training films, threshold {guard.threshold:.3f} "
+          f"set on {len(val.names)} validation films for {how['false_refusal_rate']:.0%} false refusals; "
+          f"held-out test films refused: {a.novelty['heldout']['false_refusal']:.1%} of {held.size}")
 
 
 def _edgetpu(state: _State) -> None:
@@ -296,6 +336,9 @@ def _bundle(state: _State) -> None:
     io = {MODEL_FILES["int8"]: tflite_io(a.int8), MODEL_FILES["fp32"]: tflite_io(a.fp32)}
     files = {MODEL_FILES["int8"]: a.int8, MODEL_FILES["fp32"]: a.fp32, CAM_FILE: state.work / CAM_FILE,
              "edgetpu_report.json": a.edgetpu_report}
+    if a.novelty is not None:
+        np.savez(state.work / a.novelty["params"], **a.guard.arrays())
+        files[a.novelty["params"]] = state.work / a.novelty["params"]
     if a.edgetpu_model is not None:
         io[MODEL_FILES["edgetpu"]] = io[MODEL_FILES["int8"]]  # the compiler keeps the input/output tensors
         files.update({MODEL_FILES["edgetpu"]: a.edgetpu_model, "edgetpu_compiler.log": a.edgetpu_log})
@@ -306,12 +349,12 @@ def _bundle(state: _State) -> None:
                "bias_correction": a.bias_correction}
     prov = provenance(state.opts, meta, a.cal, state.timings, a.batchnorm)
     spec = build_spec(meta, io, cam, {"scoring": scoring, "provenance": prov, "fidelity": a.fidelity,
-                                      "edgetpu": a.edgetpu})
+                                      "edgetpu": a.edgetpu, "novelty": a.novelty})
     write_bundle(state.opts.out, files, spec, force=state.opts.force)
 
 
 STEPS = (("checkpoint", _load_checkpoint), ("films", _films), ("onnx export", _export),
-         ("tflite fp32 + int8", _tflite), ("head", _head), ("fidelity", _fidelity),
+         ("tflite fp32 + int8", _tflite), ("head", _head), ("fidelity", _fidelity), ("guard", _guard),
          ("edge tpu", _edgetpu), ("bundle", _bundle))
 
 

@@ -9,12 +9,15 @@ A bundle is a folder::
     cam_head.npz                float32 head parameters for the CPU Grad-CAM (no pickle)
     edgetpu_report.json         op-by-op Edge TPU compatibility of the int8 model (convert.edgetpu)
     edgetpu_compiler.log        optional: the compiler's output, when it ran
+    novelty.npz                 the out-of-distribution guard's statistics (edge.novelty documents them)
 
-``bundle.json`` keys (``FORMAT_VERSION`` 2; edge also reads version 1, whose CAM baseline is one
-map for all labels: version 2 added per-label baselines, which an edge of version 1 cannot use)::
+``bundle.json`` keys (``FORMAT_VERSION`` 3; edge also reads version 1, whose CAM baseline is one
+map for all labels, and version 2, per-label baselines and no guard: such bundles score every film and
+edge says they have no guard. Version 3 added the guard, which an older edge cannot apply, so it asks
+for an edge update)::
 
     format            "xray-edge-bundle"
-    format_version    2
+    format_version    3
     task              "multilabel" (sigmoid per label) | "one_vs_all" (softmax over labels)
     labels            ordered label names; the order of the score output
     input             {"shape": [1, 224, 224, 3], "dtype": "uint8", "layout": "NHWC",
@@ -45,6 +48,12 @@ map for all labels: version 2 added per-label baselines, which an edge of versio
                        "data": {"kind": "phantom" | "nih" | ..., ...}, "versions", "created"}
     fidelity          the int8-vs-fp32 and ONNX-vs-PyTorch report (convert.fidelity)
     edgetpu           compiler result or offline compatibility summary
+    novelty           the out-of-distribution guard (convert.novelty fits it, edge.novelty applies it) or
+                      null: {"method": "mahalanobis-ledoit-wolf", "threshold": novelty above which a film
+                      is refused, "params": "novelty.npz", "descriptor", "distance", "components",
+                      "fitted_on": {"split", "films"}, "threshold_choice": {"false_refusal_rate", "folds",
+                      "films", "rule", "empirical_quantile", "lognormal_quantile", ...}, "heldout":
+                      {"split", "films", "false_refusal", "novelty_max"} (measured, not used to choose)}
 
 Edge verifies every checksum before a model runs and refuses an unknown format version.
 """
@@ -63,8 +72,8 @@ __all__ = ["BUNDLE_JSON", "FORMAT", "FORMAT_VERSION", "READS_VERSIONS", "TASK_AC
            "sha256_file"]
 
 FORMAT = "xray-edge-bundle"
-FORMAT_VERSION = 2
-READS_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+READS_VERSIONS = (1, 2, 3)
 BUNDLE_JSON = "bundle.json"
 TASKS = ("multilabel", "one_vs_all")
 TASK_ACTIVATION = {"multilabel": "sigmoid", "one_vs_all": "softmax"}  # how logits become scores
@@ -156,6 +165,10 @@ def _check_consistent(path: Path, spec: dict) -> None:
         raise BundleError(f"{where}: no int8 model listed")
     if spec.get("scoring", {}).get("from", "model") not in SCORES_FROM:
         raise BundleError(f"{where}: unknown scoring source {spec['scoring'].get('from')!r}")
+    guard = spec.get("novelty")
+    if guard is not None and (not isinstance(guard, dict) or guard.get("params") not in spec["files"]
+                              or not isinstance(guard.get("threshold"), int | float)):
+        raise BundleError(f"{where}: 'novelty' must name its checksummed arrays file and a threshold")
 
 
 def _verify_files(path: Path, spec: dict) -> None:

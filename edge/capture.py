@@ -37,6 +37,7 @@ from edge.fsio import atomic_write_bytes, output_error
 from edge.progress import StopOnSignal, printable
 from edge.report import DEMO_DISCLAIMER, export_all
 from edge.runtime import DEVICES
+from edge.screen import REFUSED, guard_notes
 from edge.service import ScanContext, scan_one
 from edge.store import DB_NAME, OutLock, Store
 
@@ -221,6 +222,8 @@ def _say(line: str) -> None:
 def _describe(result: Any) -> str:
     if result.status != "ok":
         return f"could not score it: {result.error}"
+    if result.guard == REFUSED:  # guard hook: the same check as the scan, and a retake
+        return f"{result.refusal}. Retake: the whole chest film, upright, as it hangs on the lightbox"
     found = ", ".join(f"{lb} {result.scores[lb]:.2f}" for lb in result.flagged) or "no finding over threshold"
     return f"{found} (highest: {result.top_label} {result.top_score:.2f})"
 
@@ -260,7 +263,7 @@ def run_session(camera: Camera, ctx: ScanContext, *, timer: float | None, count:
         if film is not None:
             path = save_capture(ctx.out_dir, film)
             _, result = scan_one(path, ctx)
-            kept += 1
+            kept += result is None or result.guard != REFUSED  # guard hook: a refused film is not kept
             failed += result is not None and result.status != "ok"
             _say(f"{path.name}: {_describe(result) if result else 'already scored'}")
         if timer is not None and (count is None or kept < count):
@@ -290,13 +293,18 @@ def _run(args: argparse.Namespace) -> int:
 
     camera = open_camera(args.camera_index, not args.no_preview)  # no picamera2: say so before anything else
     try:
+        from edge.novelty import load_guard
+
         model = runtime.open_model(args.bundle, device=args.device)
+        guard = load_guard(model.bundle)
+        for note in guard_notes(guard):
+            _say(f"note: {note}")
         if model.bundle.is_demo:
             _say(f"*** {DEMO_DISCLAIMER} ***")
         out = Path(args.out)
         with OutLock(out), Store(out / DB_NAME) as store:
             explainer = CamExplainer(model.bundle, getattr(model, "head", None))
-            ctx = ScanContext(model=model, explainer=explainer, store=store, out_dir=out)
+            ctx = ScanContext(model=model, explainer=explainer, store=store, out_dir=out, guard=guard)
             timed = args.timer is not None
             with StopOnSignal() if timed else nullcontext() as stop:  # key mode: Ctrl-C ends input() at once
                 kept, failed = run_session(camera, ctx, timer=args.timer, count=args.count,

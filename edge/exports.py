@@ -20,7 +20,8 @@ __all__ = ["CSV_FIELDS", "csv_safe", "export_csv", "export_jsonl"]
 
 CSV_FIELDS = ("film_path", "status", "error_kind", "error", "flagged", "top_label", "top_score", "cam_label",
               "cam_x", "cam_y", "overlays", "film_width", "film_height", "file_sha256", "model_hash", "runtime",
-              "device", "model_kind", "decode_ms", "invoke_ms", "cam_ms", "overlay_ms", "scanned_at")
+              "device", "model_kind", "decode_ms", "invoke_ms", "cam_ms", "overlay_ms", "scanned_at",
+              "novelty", "in_distribution", "guard", "refusal")
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 

@@ -19,6 +19,7 @@ from urllib.parse import quote
 from edge.exports import export_csv, export_jsonl
 from edge.fsio import atomic_write_text, output_error
 from edge.progress import printable
+from edge.screen import ALLOWED, NOT_RECOGNISED, REFUSED, guard_notes
 from edge.store import DB_NAME, OVERLAYS, Store
 
 __all__ = ["DEMO_DISCLAIMER", "export_all", "held_out_auroc", "prune_overlays", "render_report",
@@ -64,9 +65,29 @@ def _ratio(row: dict, thresholds: dict[str, float]) -> float:
 
 
 def _findings(row: dict, thresholds: dict[str, float]) -> str:
+    marked = _unrecognised_mark(row)
     items = [f"<span class=flag>{_e(lb)}</span> {row['scores'][lb]:.2f} "
              f"<span class=note>(threshold {thresholds.get(lb, float('nan')):.2f})</span>" for lb in row["flagged"]]
-    return "<br>".join(items) or "none over threshold"
+    return marked + ("<br>".join(items) or "none over threshold")
+
+
+def _unrecognised_mark(row: dict) -> str:
+    """A film the guard did not recognise but scored as asked (--allow-unrecognised) says so above its scores."""
+    if row.get("guard") != ALLOWED:
+        return ""
+    return f"<div class=flag>Scored anyway, as asked; not a finding to trust: {_e(row.get('refusal'))}</div>"
+
+
+def _refused_section(rows: list[dict]) -> list[str]:
+    """Films refused as unlike the training films: why, and their scores kept for audit (not findings)."""
+    if not rows:
+        return []
+    head = (f"<h2>Not recognised as a chest film like the training films: {len(rows)} file(s)</h2><p class=note>"
+            "No findings are given for these: the model was not made for such pictures. Their scores, where the "
+            "model ran, are kept in results.csv for audit only.</p>")
+    body = [f"<tr><td>{_name(r)}</td><td>{_e(r.get('refusal'))}</td><td>"
+            f"{'' if r.get('novelty') is None else _e(r['novelty'])}</td></tr>" for r in rows]
+    return [head, _table(("File", "Why", "Novelty"), body)]
 
 
 def _heatmaps(row: dict) -> str:
@@ -97,6 +118,8 @@ def _table(headers: tuple[str, ...], rows: list[str]) -> str:
 
 
 def _sections(rows: list[dict], thresholds: dict[str, float]) -> list[str]:
+    refused = [r for r in rows if r.get("guard") == REFUSED]  # guard hook: their own section, never findings
+    rows = [r for r in rows if r.get("guard") != REFUSED]
     flagged = sorted((r for r in rows if r["status"] == "ok" and r["flagged"]), key=lambda r: -_ratio(r, thresholds))
     clear = [r for r in rows if r["status"] == "ok" and not r["flagged"]]
     failed = [r for r in rows if r["status"] != "ok"]
@@ -112,7 +135,7 @@ def _sections(rows: list[dict], thresholds: dict[str, float]) -> list[str]:
         out.append(f"<h2>Could not be read: {len(failed)} file(s)</h2>")
         out.append(_table(("File", "Problem"), [f"<tr><td>{_name(r)}</td><td>{_e(r['error'])}</td></tr>"
                                                 for r in failed]))
-    return out
+    return out + _refused_section(refused)
 
 
 def _model_lines(bundle: Any, other_models: int) -> list[str]:
@@ -131,13 +154,15 @@ def _model_lines(bundle: Any, other_models: int) -> list[str]:
 def render_report(rows: list[dict], bundle: Any, other_models: int = 0) -> str:
     """The HTML page for ``rows`` (store rows of one model) and that model's ``bundle``."""
     thresholds = dict(zip(bundle.labels, bundle.thresholds, strict=True))
-    n_ok = sum(r["status"] == "ok" for r in rows)
+    n_ok = sum(r["status"] == "ok" and r.get("guard") != REFUSED for r in rows)
+    n_refused = sum(r.get("guard") == REFUSED for r in rows)
     parts = ["<!DOCTYPE html><html lang=en><head><meta charset=utf-8>",
              f"<meta http-equiv=\"Content-Security-Policy\" content=\"{_CSP}\">",
              f"<title>Chest film findings</title><style>{_STYLE}</style></head><body>"]
     if bundle.is_demo:
         parts.append(f"<div class=demo role=alert>{_e(DEMO_DISCLAIMER)}</div>")
-    parts.append(f"<h1>Chest film findings</h1><p>{n_ok} film(s) scored, {len(rows) - n_ok} could not be read.</p>")
+    parts.append(f"<h1>Chest film findings</h1><p>{n_ok} film(s) scored, {len(rows) - n_ok - n_refused} could not "
+                 f"be read" + (f", {n_refused} not recognised as chest films" if n_refused else "") + ".</p>")
     parts.extend(_sections(rows, thresholds))
     parts.extend(_model_lines(bundle, other_models))
     if bundle.is_demo:
@@ -204,6 +229,11 @@ def summary_text(summary: Any, model: Any, out_dir: Path, exports: dict[str, Pat
     if summary.skipped["duplicate"]:
         lines.append(f"  duplicate files     {summary.skipped['duplicate']} (same bytes as a film above)")
     lines.append(f"  failed              {failed}" + (f": {_counts(summary.errors)}" if failed else ""))
+    if getattr(summary, "refused", 0) or getattr(summary, "allowed", 0):  # guard hook
+        lines.append(f"  {NOT_RECOGNISED}: {summary.refused} (of those above; no findings given, report.html "
+                     f"says why)")
+    if getattr(summary, "allowed", 0):
+        lines.append(f"  scored anyway       {summary.allowed} (not recognised, scored as --allow-unrecognised asked)")
     if not summary.total:
         lines.append("  no films found in the folders and files given")
     if summary.not_films:
@@ -213,6 +243,7 @@ def summary_text(summary: Any, model: Any, out_dir: Path, exports: dict[str, Pat
                  f"(database {out_dir / DB_NAME})")
     if auroc := _auroc_text(model.bundle.spec):
         lines.append(f"Model: {auroc} (from its training metrics)")
+    lines.extend(f"Note: {note}" for note in guard_notes(model.bundle.spec.get("novelty")))  # guard hook
     if model.bundle.is_demo:
         lines.append(f"*** {DEMO_DISCLAIMER} ***")
     return "\n".join(printable(line) for line in lines)

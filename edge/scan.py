@@ -30,9 +30,10 @@ from edge.explain import CamExplainer
 from edge.progress import Progress, StopOnSignal
 from edge.report import export_all, summary_text
 from edge.runtime import DEVICES
+from edge.screen import ALLOWED, REFUSED
 from edge.service import CAM_MODES, Prepared, ScanContext, finish, prepare, score_prepared
 from edge.store import DB_NAME, OutLock, Store
-from edge.walk import collect
+from edge.walk import collect, path_text
 
 __all__ = ["Summary", "main", "scan_paths"]
 
@@ -45,6 +46,8 @@ class Summary:
     scored: int = 0
     skipped: Counter = field(default_factory=Counter)
     errors: Counter = field(default_factory=Counter)
+    refused: int = 0  # not recognised as chest films (edge.screen): no findings
+    allowed: int = 0  # ... scored anyway (--allow-unrecognised)
     not_films: Counter = field(default_factory=Counter)
     seconds: float = 0.0
     stopped: bool = False
@@ -84,6 +87,10 @@ def _settle(future: Future | None, summary: Summary, progress: Progress) -> None
     if future is None:
         return
     result = future.result()
+    if result.guard in (REFUSED, ALLOWED):  # the scan's line for a film not recognised as a chest film
+        summary.refused += result.guard == REFUSED
+        summary.allowed += result.guard == ALLOWED
+        progress.message(f"{result.guard}: {result.film_path}: {result.refusal}")
     if result.status == "ok":
         summary.scored += 1
     else:
@@ -155,21 +162,31 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=positive, default=3, help="at most this many heatmaps per film with --cam top")
     p.add_argument("--no-overlays", action="store_true", help="compute heatmap peaks but write no overlay PNGs")
     p.add_argument("--quiet", action="store_true", help="no progress bar (films that fail are still named)")
+    p.add_argument("--verbose", action="store_true", help="also name every file passed over in the folders")
+    p.add_argument("--allow-unrecognised", action="store_true",
+                   help="score films not recognised as chest films like the training films (another modality or "
+                        "body part, a colour picture, or over the bundle's novelty threshold) as if they were, "
+                        "marked 'scored anyway'; by default they get no findings and no heatmaps")
     return p
 
 
 def _run(args: argparse.Namespace) -> int:
     from edge import runtime
+    from edge.novelty import load_guard
 
     model = runtime.open_model(args.bundle, device=args.device, threads=args.threads)  # verified before any film
+    guard = load_guard(model.bundle)  # None: no guard in the bundle, which the summary says
     for note in model.notes:
         print(f"note: {note}", file=sys.stderr)
     out = Path(args.out)
     with OutLock(out), Store(out / DB_NAME) as store:
         explainer = None if args.cam == "none" else CamExplainer(model.bundle, getattr(model, "head", None))
         ctx = ScanContext(model=model, explainer=explainer, store=store, out_dir=out, cam_mode=args.cam,
-                          top_k=args.top, overlays=not args.no_overlays)
-        films, passed = collect(args.paths)
+                          top_k=args.top, overlays=not args.no_overlays, guard=guard,
+                          allow_unrecognised=args.allow_unrecognised)
+        films, passed = collect(args.paths, passed_paths := [])
+        for path in passed_paths if args.verbose else ():
+            print(f"passed over (not a film by name or content): {path_text(path)}", file=sys.stderr)
         with StopOnSignal() as interrupts:
             summary = scan_paths(films, ctx, progress=Progress(len(films), enabled=not args.quiet),
                                  interrupt=interrupts.event)

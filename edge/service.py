@@ -28,6 +28,7 @@ from edge.errors import FilmError, StoreError
 from edge.explain import Explainer
 from edge.fsio import output_error
 from edge.preprocess import preprocess
+from edge.screen import judge_result, refuse_unscored, screen_file
 from edge.store import OVERLAYS, FilmResult, Store
 from edge.walk import hash_film_file, path_text
 
@@ -49,6 +50,8 @@ class ScanContext:
     cam_mode: str = "top"
     top_k: int = 3
     overlays: bool = True
+    guard: Any = None  # edge.novelty.Guard, None: the bundle has none (every film scored, as before)
+    allow_unrecognised: bool = False  # score films the guard or the screen refuses, marked so
 
 
 @dataclass
@@ -64,6 +67,7 @@ class Prepared:
     error: FilmError | None = None
     error_kind: str | None = None
     skip: str | None = None  # "done" (already in the store) | "duplicate" (same bytes earlier in this run)
+    refusal: str | None = None  # edge.screen.screen_file: not a chest film, from its header or colour
 
 
 @dataclass
@@ -118,6 +122,7 @@ def prepare(path: Path, done: set[str], seen: set[str]) -> Prepared:
         start = time.perf_counter()
         item.film = load_film(path)
         item.x = preprocess(item.film)
+        item.refusal = screen_file(path)
         item.decode_ms = (time.perf_counter() - start) * 1000.0
     except Exception as err:  # noqa: BLE001 - a decoder bug on one film must not end the scan
         if not isinstance(err, FilmError):
@@ -162,15 +167,19 @@ def score_prepared(item: Prepared, ctx: ScanContext) -> Scored:
     if item.error is not None:
         result.error_kind, result.error = item.error_kind, str(item.error)
         return scored
+    result.film_height, result.film_width = (int(n) for n in item.film.shape)
+    if item.refusal is not None and not ctx.allow_unrecognised:  # not a chest film by its header or colour
+        refuse_unscored(result, item.refusal)
+        return scored
     pred = ctx.model.predict(item.x)
     scores = np.asarray(pred.scores, np.float64).reshape(-1)
     found = findings(scores, ctx.model.bundle.thresholds, ctx.cam_mode, ctx.top_k)
+    shown = judge_result(result, ctx.guard, pred.features, item.refusal, ctx.allow_unrecognised)
     result.status, result.invoke_ms, result.decode_ms = "ok", float(pred.invoke_ms), item.decode_ms
     result.scores = {label: round(float(s), 6) for label, s in zip(result.labels, scores, strict=True)}
-    result.flagged = [result.labels[i] for i in found.flagged]
+    result.flagged = [result.labels[i] for i in found.flagged] if shown else []  # refused: scores kept for audit
     result.top_label, result.top_score = result.labels[found.best], round(float(scores[found.best]), 6)
-    result.film_height, result.film_width = (int(n) for n in item.film.shape)
-    if ctx.explainer is not None:
+    if ctx.explainer is not None and shown:
         _explain(scored, ctx, pred.features, found.explain)
     return scored
 

@@ -67,6 +67,10 @@ CREATE TABLE IF NOT EXISTS results (
     device       TEXT,
     model_kind   TEXT,
     scanned_at   TEXT NOT NULL,
+    novelty      REAL,
+    in_distribution INTEGER,
+    guard        TEXT,
+    refusal      TEXT,
     UNIQUE (file_sha256, model_hash)
 );
 """
@@ -104,8 +108,15 @@ class FilmResult:
     runtime: str | None = None
     device: str | None = None
     model_kind: str | None = None
+    # the out-of-distribution guard (edge.screen): distance, verdict, "accepted" | "refused" | "scored anyway"
+    # (None: the bundle has no guard), and why a film was refused, in plain words
+    novelty: float | None = None
+    in_distribution: bool | None = None
+    guard: str | None = None
+    refusal: str | None = None
 
 
+_GUARD_COLUMNS = {"novelty": "REAL", "in_distribution": "INTEGER", "guard": "TEXT", "refusal": "TEXT"}
 _COLUMNS = tuple(FilmResult.__dataclass_fields__)
 _UPSERT = (f"INSERT INTO results ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))}) "
            f"ON CONFLICT (file_sha256, model_hash) DO UPDATE SET "
@@ -125,8 +136,16 @@ class Store:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
+            self._add_guard_columns()
         except (sqlite3.Error, OSError) as err:
             raise output_error(self.path, err, "open the results database") from None
+
+    def _add_guard_columns(self) -> None:
+        """A database made before the guard existed gains its columns (empty for the old rows)."""
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(results)")}
+        for name, kind in _GUARD_COLUMNS.items():
+            if name not in have:
+                self._db.execute(f"ALTER TABLE results ADD COLUMN {name} {kind}")
 
     def __enter__(self) -> Store:
         return self
@@ -182,6 +201,8 @@ class Store:
             item = dict(zip(_COLUMNS, row, strict=True))
             for k in _JSON_COLUMNS:
                 item[k] = json.loads(item[k])
+            if item["in_distribution"] is not None:
+                item["in_distribution"] = bool(item["in_distribution"])
             yield item
 
     def count(self, status: str | None = None) -> int:

@@ -2,9 +2,12 @@
 
 Folders are walked depth-first with entries sorted by name; symlinked folders are followed once
 (a link loop is passed over and counted). Files found in folders are kept when
-``edge.films.is_film_candidate`` (magic bytes) says they may be films; everything passed over is
-counted by reason. Files named on the command line are always tried. Only regular files are
-ever opened (a FIFO named ``x.png`` would block a reader forever).
+``edge.films.is_film_candidate`` (magic bytes) says they may be films, or when their name does
+(``FILM_SUFFIXES``: an empty ``x.jpg``, a ``notes.png`` holding text or a gzipped ``.dcm`` is then a
+failure that names the file and its problem, not a silent skip); everything else is passed over and
+counted by reason (the paths kept in ``passed_paths`` when a list is given, for ``--verbose``).
+Files named on the command line are always tried. Only regular files are ever opened (a FIFO named
+``x.png`` would block a reader forever).
 """
 
 from __future__ import annotations
@@ -20,24 +23,31 @@ from typing import Any
 
 from edge.errors import FilmError
 
-__all__ = ["collect", "hash_film_file", "path_text"]
+__all__ = ["FILM_SUFFIXES", "collect", "hash_film_file", "path_text"]
+
+FILM_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".tif", ".tiff", ".bmp", ".gif", ".webp",
+                           ".jp2", ".j2k", ".heic", ".heif", ".avif", ".dcm", ".dicom", ".dic"})
 
 
-def collect(paths: Sequence[str | Path]) -> tuple[list[Path], Counter]:
-    """Named files (always tried) and films found in named folders; counts of what was passed over."""
+def collect(paths: Sequence[str | Path], passed_paths: list[Path] | None = None) -> tuple[list[Path], Counter]:
+    """Named files (always tried) and films found in named folders; counts of what was passed over
+    (and, into ``passed_paths`` when given, the paths)."""
     from edge.films import is_film_candidate
+
+    def is_film(path: Path) -> bool:
+        return path.suffix.lower() in FILM_SUFFIXES or is_film_candidate(path)
 
     films: list[Path] = []
     passed: Counter = Counter()
     for given in map(Path, paths):
         if given.is_dir():
-            films.extend(_walk(given, passed, is_film_candidate))
+            films.extend(_walk(given, passed, is_film, passed_paths))
         else:
             films.append(given)
     return films, passed
 
 
-def _walk(root: Path, passed: Counter, is_film: Any) -> Iterator[Path]:
+def _walk(root: Path, passed: Counter, is_film: Any, passed_paths: list[Path] | None) -> Iterator[Path]:
     """Depth-first, entries sorted by name, symlinked folders followed once (no loops)."""
     seen: set[tuple[int, int]] = set()
     stack = [root]
@@ -62,6 +72,8 @@ def _walk(root: Path, passed: Counter, is_film: Any) -> Iterator[Path]:
                 yield Path(entry.path)
             else:
                 passed[kind] += 1
+                if passed_paths is not None:
+                    passed_paths.append(Path(entry.path))
         stack.extend(reversed(subfolders))
 
 

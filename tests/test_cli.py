@@ -30,6 +30,8 @@ COMMANDS = {
     "convert.__main__": ("convert", ["run/best.safetensors", "--data", "d", "--out", "o"]),
     "convert.bench": ("convert.bench", ["bundle"]),
     "convert.spread": ("convert.spread", ["--out", "o"]),
+    "convert.oddballs": ("convert.oddballs", ["--out", "o"]),
+    "convert.guardcheck": ("convert.guardcheck", ["bundle", "--data", "d"]),
 }
 
 ERRORS = [XrayError("plain"), BundleError("b: damaged"), FilmError("a.png", "not an image"), StoreError("full"),

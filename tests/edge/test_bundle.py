@@ -46,13 +46,18 @@ def test_valid_bundle_loads(bundle):
     assert b.sha256 == sha256_file(bundle / BUNDLE_JSON)
 
 
-def test_a_version_1_bundle_still_loads(bundle):
-    """Version 1 had one CAM baseline for all labels (edge.cam reads both); version 2 added per-label ones."""
+@pytest.mark.parametrize("version", [1, 2])
+def test_older_bundles_still_load(bundle, version):
+    """Version 1 had one CAM baseline for all labels (edge.cam reads both); version 2 added per-label ones;
+    version 3 the out-of-distribution guard (an older bundle has none: edge.novelty.load_guard gives None)."""
+    from edge.novelty import load_guard
+
     spec = _spec(bundle)
-    assert spec["format_version"] == FORMAT_VERSION == 2
-    spec["format_version"] = 1
+    assert spec["format_version"] == FORMAT_VERSION == 3
+    spec["format_version"] = version
     _write(bundle, spec)
-    assert load_bundle(bundle).spec["format_version"] == 1
+    assert load_bundle(bundle).spec["format_version"] == version
+    assert load_guard(load_bundle(bundle)) is None
 
 
 def test_changed_model_byte_is_refused(bundle):
@@ -65,7 +70,7 @@ def test_changed_model_byte_is_refused(bundle):
 
 
 @pytest.mark.parametrize(("edit", "message"), [
-    (lambda s: s.update(format_version=FORMAT_VERSION + 1), "format version 3 is not supported"),
+    (lambda s: s.update(format_version=FORMAT_VERSION + 1), "format version 4 is not supported.*update edge"),
     (lambda s: s.update(format_version=0), "format version 0 is not supported"),
     (lambda s: s.update(format="something-else"), "not a xray-edge-bundle"),
     (lambda s: s["thresholds"].pop("Effusion"), "thresholds do not name the same labels"),

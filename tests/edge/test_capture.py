@@ -159,3 +159,22 @@ def test_missing_picamera2_is_one_line_exit_2(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert err == f"edge.capture: error: {INSTALL_PICAMERA2}\n"
     assert not (tmp_path / "out").exists()
+
+
+def test_a_film_the_guard_refuses_asks_for_a_retake(film, tmp_path, capsys):
+    """The same guard as the scan: refused, not kept, no findings, and the photographer is asked to retake."""
+    from edge.novelty import Guard
+
+    c = 4  # FakeModel's feature channels
+    never = Guard(mean=np.full(c, 9.0, np.float32), components=np.zeros((0, c), np.float32),
+                  variances=np.zeros(0), residual_variance=1e-4, threshold=1.0)
+    camera = FakeCamera([photo(film), photo(film, seed=1)])
+    with Store(tmp_path / "r.sqlite") as store:
+        ctx = _ctx(tmp_path, store)
+        ctx.guard = never
+        answers = iter(["", "", "q"])  # capture, keep; refused: asked again, quit
+        kept, failed = run_session(camera, ctx, timer=None, count=1, ask=lambda prompt: next(answers))
+        rows = list(store.rows())
+    assert (kept, failed) == (0, 0) and rows[0]["guard"] == "refused" and rows[0]["flagged"] == []
+    err = capsys.readouterr().err
+    assert "not recognised as a chest film like the training films" in err and "Retake" in err
