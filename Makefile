@@ -52,7 +52,7 @@ bench-train: install
 	OMP_WAIT_POLICY=PASSIVE $(PY) -m train.bench
 
 # The test session's recipe trained with each seed, converted and measured: figure x seed, min/median/max
-# against the suite's bars (~12 min a seed on 2 cores; a second call only adds what is missing).
+# against the suite's bars (15-25 min a seed on 2 cores; a second call only adds what is missing).
 seed-spread: install
 	$(PY) -m convert.spread --out $(SPREAD) --seeds $(SEEDS)
 

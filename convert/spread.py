@@ -7,7 +7,7 @@ phantom set once, then for each seed trains (``--reproducible``), converts, and 
 figure the suite asserts (test AUROC, int8 fidelity, CAM localisation), and prints a table of
 figure × seed with min, median and max against the bar. Each stage is skipped when its output
 exists, and an interrupted training resumes, so a second call only adds what is missing. It takes
-about 12 minutes a seed on 2 cores; it is not part of ``make test``.
+15-25 minutes a seed on 2 cores; it is not part of ``make test``.
 """
 
 from __future__ import annotations
@@ -107,8 +107,9 @@ def figures_table(per_seed: list[dict]) -> tuple[str, dict]:
         data[name] = {"values": values, "min": min(values), "median": statistics.median(values),
                       "max": max(values), "bar": bar, "sense": sense, "every_seed": held}
         bar_text = "" if bar is None else ("≥ " if sense == "min" else "≤ ") + f"{bar:g}"
-        cells = [name, *(f"{v:.4f}" for v in values), f"{min(values):.4f}", f"{statistics.median(values):.4f}",
-                 f"{max(values):.4f}", bar_text, {None: "", True: "yes", False: "**no**"}[held]]
+        numbers = [*values, min(values), statistics.median(values), max(values)]
+        cells = [name.replace("|", "\\|"), *(f"{v:.4f}" for v in numbers), bar_text,
+                 {None: "", True: "yes", False: "**no**"}[held]]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines), data
 

@@ -68,6 +68,7 @@ def test_false_refusals_and_detection_per_kind(edge_path, heldout, tmp_path):
     print("\n| kind | refused |\n|---|---|\n" + "\n".join(f"| {k} | {100 * r:.1f}% of {n} |"
                                                        for k, (r, n) in rates.items()))
     assert rates.pop("held-out phantom films (false refusal)")[0] <= MAX_FALSE_REFUSAL
+    assert len(photo_sources()) == 3, "the dev extra installs matplotlib and scikit-learn, which ship the photos"
     assert len(paths["photo"]) >= 8 * len(photo_sources())
     for kind in FAR_KINDS:
         assert rates[kind][0] >= FAR_MIN, (kind, rates[kind])

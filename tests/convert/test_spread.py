@@ -27,3 +27,4 @@ def test_the_table_says_which_bars_every_seed_clears():
     assert lines[0].startswith("| figure | seed 0 | seed 1 | seed 2 | min | median | max | bar | every seed |")
     assert any(line.startswith("| CAM per lesion |") and line.endswith("| **no** |") for line in lines)
     assert len(lines) == 2 + len(FIGURES)
+    assert all(line.replace("\\|", "").count("|") == len(lines[0].split("|")) - 1 for line in lines)  # escaped
