@@ -4,8 +4,10 @@ bytes, the CSRF token of a page, and a waitress server on 127.0.0.1 on an epheme
 from __future__ import annotations
 
 import io
+import json
 import re
 import threading
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -92,9 +94,6 @@ def served(app: Any) -> Iterator[str]:
 
 
 def api_post(base: str, data: bytes, name: str, code: str) -> tuple[int, dict]:
-    import json
-    import urllib.error
-
     body, ctype = multipart(data, name)
     req = urllib.request.Request(base + "api/results", data=body, method="POST",
                                  headers={"Content-Type": ctype, "X-Access-Code": code})

@@ -15,8 +15,7 @@ from PIL import Image
 
 import edge.web.engine
 from edge.store import DB_NAME, OutLock, Store
-from tests.edge.serve_helpers import (api_post, broken_png, csrf, fake_app, film_png, non_film_png, post_film,
-                                      served)
+from tests.edge.serve_helpers import api_post, broken_png, csrf, fake_app, film_png, non_film_png, post_film, served
 
 
 @pytest.fixture
