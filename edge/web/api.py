@@ -19,7 +19,7 @@ from flask import Blueprint, jsonify, request
 
 from edge.web import UserError
 from edge.web.present import api_row
-from edge.web.views import PAGE_SIZE, SHOWS, engine, take_upload
+from edge.web.views import PAGE_SIZE, SHOWS, engine, find_result, page_number, take_upload
 
 __all__ = ["api"]
 
@@ -40,8 +40,7 @@ def list_results() -> Any:
     show = request.args.get("show", "all")
     if show not in SHOWS:
         raise UserError(400, f"show must be one of {', '.join(SHOWS)}")
-    page = request.args.get("page", "1")
-    page = max(1, int(page)) if page.isdigit() else 1
+    page = page_number()
     with engine().open_store() as store:
         rows, total = store.page(show, request.args.get("q", "")[:200], PAGE_SIZE, (page - 1) * PAGE_SIZE)
     return jsonify({"items": [api_row(r, request.host_url) for r in rows], "total": total, "page": page,
@@ -50,8 +49,4 @@ def list_results() -> Any:
 
 @api.get("/results/<int:row_id>")
 def get_result(row_id: int) -> Any:
-    with engine().open_store() as store:
-        row = store.result(row_id)
-    if row is None:
-        raise UserError(404, f"there is no result {row_id}")
-    return jsonify(api_row(row, request.host_url))
+    return jsonify(api_row(find_result(row_id), request.host_url))

@@ -16,7 +16,7 @@ from edge.web.engine import Engine, Outcome
 from edge.web.present import PLAIN, model_facts, name_of, refusal, score_lines, source_of, verdict
 from edge.web.security import code_matches, new_token
 
-__all__ = ["PAGE_SIZE", "SHOWS", "engine", "overlay_path", "pages", "take_upload"]
+__all__ = ["PAGE_SIZE", "SHOWS", "engine", "find_result", "overlay_path", "page_number", "pages", "take_upload"]
 
 pages = Blueprint("pages", __name__)
 PAGE_SIZE = 20
@@ -58,13 +58,23 @@ def upload() -> Any:
     return redirect(url_for("pages.result", row_id=outcome.row_id, known=int(outcome.kind == "known")), 303)
 
 
-@pages.get("/results/<int:row_id>")
-def result(row_id: int) -> Any:
+def find_result(row_id: int) -> dict:
+    """The stored result ``row_id``; a 404 message when there is none."""
     with engine().open_store() as store:
         row = store.result(row_id)
     if row is None:
         raise UserError(404, f"There is no result {row_id}.")
-    return _result_page(row, known=request.args.get("known") == "1")
+    return row
+
+
+def page_number() -> int:
+    page = request.args.get("page", "1")
+    return max(1, int(page)) if page.isdigit() else 1
+
+
+@pages.get("/results/<int:row_id>")
+def result(row_id: int) -> Any:
+    return _result_page(find_result(row_id), known=request.args.get("known") == "1")
 
 
 def _result_page(row: dict, status: int = 200, known: bool = False) -> Any:
@@ -90,9 +100,7 @@ def overlay_path(row: dict, index: int) -> Path | None:
 
 @pages.get("/results/<int:row_id>/overlay/<int:index>")
 def overlay(row_id: int, index: int) -> Any:
-    with engine().open_store() as store:
-        row = store.result(row_id)
-    path = overlay_path(row, index) if row else None
+    path = overlay_path(find_result(row_id), index)
     if path is None:
         raise UserError(404, "There is no such heatmap.")
     return send_file(path, mimetype="image/png", max_age=3600)
@@ -103,8 +111,7 @@ def history() -> Any:
     show = request.args.get("show", "all")
     show = show if show in SHOWS else "all"
     name = request.args.get("q", "")[:200]
-    page = request.args.get("page", "1")
-    page = max(1, int(page)) if page.isdigit() else 1
+    page = page_number()
     with engine().open_store() as store:
         rows, total = store.page(show, name, PAGE_SIZE, (page - 1) * PAGE_SIZE)
     items = [{"row": r, "name": name_of(r), "source": source_of(r), "verdict": verdict(r)} for r in rows]

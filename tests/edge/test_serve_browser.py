@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from edge.serve import build_app
-from tests.conftest import IN_CI
+from tests.conftest import skip_or_fail
 from tests.edge.serve_helpers import broken_png, non_film_png, served
 
 WIDTH = 390
@@ -34,10 +34,7 @@ def _browser_paths() -> tuple[str, str] | None:
 def driver():
     paths = _browser_paths()
     if paths is None:
-        message = "headless Chromium not found: apt-get install chromium chromium-driver"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
+        skip_or_fail("headless Chromium not found: apt-get install chromium chromium-driver")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
