@@ -13,7 +13,7 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from flask import Flask, abort, g, jsonify, render_template, request, session
+from flask import Flask, abort, jsonify, render_template, request, session
 from werkzeug.exceptions import HTTPException
 
 from edge.errors import XrayError
@@ -89,7 +89,6 @@ def header_code_ok() -> bool:
 
 def _guard() -> None:
     by_header = header_code_ok()
-    g.by_header = by_header
     if state()["require"] and not by_header and not session.get("auth") and request.endpoint not in _OPEN_ENDPOINTS:
         abort(401)
     if request.method not in _SAFE_METHODS and not by_header and request.endpoint != "static":
