@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import edge.web.api
 import edge.web.engine
+import edge.web.views
 from edge.store import DB_NAME, OutLock, Store
 from tests.edge.serve_helpers import api_post, broken_png, csrf, fake_app, film_png, non_film_png, post_film, served
 
@@ -249,3 +251,25 @@ def test_eight_concurrent_uploads_all_get_their_results(tmp_path):
         assert store.count() == 8 and store.integrity_check() == "ok"
     lines = (tmp_path / "out" / "results.jsonl").read_text().splitlines()
     assert sorted(json.loads(line)["film_path"] for line in lines) == sorted(f"upload/film-{i}.png" for i in range(8))
+
+
+# ---------------------------------------------------------------- formats and the novelty guard's refusals
+
+def test_a_dicom_film_is_scored(client, test_data):
+    film = test_data / "dicom" / "CR-MONO1-10-chest.dcm"
+    r = post_film(client, film.read_bytes(), film.name, csrf(client))
+    assert r.status_code == 303
+    assert client.get("/api/results").json["items"][0]["status"] == "ok"
+
+
+def test_a_result_the_guard_refused_is_shown_as_refused(client, monkeypatch):
+    post_film(client, film_png(), "a.png", csrf(client))
+    stored = client.get("/api/results/1").json
+    row = {k: stored[k] for k in ("id", "film_path", "file_sha256", "model_hash", "status", "scanned_at", "labels",
+                                  "scores", "flagged", "cam", "overlays", "error")}
+    row.update(in_distribution=False, refused_reason="a photo of a cat, not a chest film")
+    for module in (edge.web.views, edge.web.api):
+        monkeypatch.setattr(module, "find_result", lambda row_id: row)
+    page = client.get("/results/1")
+    assert page.status_code == 200 and "Refused" in page.text and "a photo of a cat" in page.text
+    assert client.get("/api/results/1").json["verdict"] == "refused"
