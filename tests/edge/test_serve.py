@@ -273,3 +273,21 @@ def test_a_result_the_guard_refused_is_shown_as_refused(client, monkeypatch):
     page = client.get("/results/1")
     assert page.status_code == 200 and "Refused" in page.text and "a photo of a cat" in page.text
     assert client.get("/api/results/1").json["verdict"] == "refused"
+
+
+def test_a_scan_and_the_app_share_one_results_folder(tmp_path, monkeypatch):
+    from edge.scan import main as scan_main
+    from tests.edge.test_scan import install_fakes, write_film
+
+    out = tmp_path / "out"
+    install_fakes(monkeypatch)
+    films = [write_film(tmp_path / "films" / f"scanned-{i}.png", seed=i) for i in range(2)]
+    assert scan_main([str(tmp_path / "films"), "--bundle", str(tmp_path / "b"), "--out", str(out), "--quiet"]) == 0
+    client = fake_app(out)[0].test_client()
+    history = client.get("/history").text
+    assert all(f.name in history for f in films) and history.count(">scan ·") == 2
+    assert post_film(client, film_png(), "uploaded.png", csrf(client)).status_code == 303
+    report = (out / "report.html").read_text()
+    assert "uploaded.png" in report and all(f.name in report for f in films)
+    assert scan_main([str(tmp_path / "films"), "--bundle", str(tmp_path / "b"), "--out", str(out), "--quiet"]) == 0
+    assert "uploaded.png" in (out / "report.html").read_text()  # the scan's exports keep the upload
