@@ -8,7 +8,7 @@ results folder as edge.scan and edge.capture (one store, one set of overlays and
 Listens on 127.0.0.1 unless told otherwise; on any other address every page asks for the access code,
 made at first start in ``OUT/.access-code`` (0600) and printed with the URL.
 
-Exit status: 130 stopped with Ctrl-C or SIGTERM (every stored result kept), 2 usage / bundle / folder error.
+Exit status: 0 stopped with Ctrl-C or SIGTERM (every stored result kept), 2 usage / bundle / folder error.
 """
 
 from __future__ import annotations
@@ -86,7 +86,8 @@ def _run(args: argparse.Namespace) -> int:
     if app.extensions["xray"]["engine"].bundle.is_demo:
         print(f"*** {DEMO_DISCLAIMER} ***", flush=True)
     signal.signal(signal.SIGTERM, _interrupt)  # a service manager's stop: as Ctrl-C
-    server.run()  # until Ctrl-C: run_main says so; a film being stored is whole or absent (atomic writes)
+    server.run()  # until Ctrl-C or SIGTERM (waitress ends its loop); a film being stored is whole or absent
+    print("edge.serve: stopped; every stored result is kept", file=sys.stderr, flush=True)
     return 0
 
 
