@@ -291,3 +291,12 @@ def test_a_scan_and_the_app_share_one_results_folder(tmp_path, monkeypatch):
     assert "uploaded.png" in report and all(f.name in report for f in films)
     assert scan_main([str(tmp_path / "films"), "--bundle", str(tmp_path / "b"), "--out", str(out), "--quiet"]) == 0
     assert "uploaded.png" in (out / "report.html").read_text()  # the scan's exports keep the upload
+
+
+def test_a_camera_jpeg_is_checked_as_a_photo_without_being_told(client):
+    exif = Image.Exif()
+    exif[0x010F] = "PhoneMaker"  # EXIF Make: taken by a camera
+    buf = io.BytesIO()
+    Image.fromarray(np.full((300, 240), 12, np.uint8)).save(buf, format="JPEG", exif=exif)
+    r = post_film(client, buf.getvalue(), "IMG_0001.jpg", csrf(client))
+    assert r.status_code == 422 and "too dark" in r.text
