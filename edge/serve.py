@@ -75,8 +75,11 @@ def _run(args: argparse.Namespace) -> int:
     from waitress import create_server
 
     app, code, require = build_app(args)
+    # waitress buffers a body before the app sees it: it cuts off only absurd ones (its own plain 413); the app
+    # refuses anything over --max-upload-mb with its page (Flask's MAX_CONTENT_LENGTH, from the Content-Length).
     server = create_server(app, host=args.host, port=args.port, threads=args.threads,
-                           max_request_body_size=(args.max_upload_mb + 1) * 2**20, clear_untrusted_proxy_headers=True)
+                           max_request_body_size=(2 * args.max_upload_mb + 1) * 2**20,
+                           clear_untrusted_proxy_headers=True)
     port = server.effective_port
     print(f"Serving on {_url(args.host, port)}  (results: {args.out}; stop with Ctrl-C)", flush=True)
     if require:
