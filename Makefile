@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 SPREAD ?= spread-out
 SEEDS ?= 0 1 2
 
-.PHONY: install test lint demo convert bench bench-train seed-spread fuzz lock aarch64-check clean
+.PHONY: install test lint demo demo-clean serve convert bench bench-train seed-spread fuzz lock aarch64-check clean
 
 install: $(STAMP)
 
@@ -30,15 +30,18 @@ test: install lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # The whole chain on phantom films: generate -> train -> convert -> scan. FILMS="a.png dir/" adds yours.
+# Safe to run again: finished stages with unchanged inputs are reused, an unfinished training resumes
+# (tools/demo.sh); `make demo-clean` starts over.
 demo: install
-	@bash -c 'set -euo pipefail; t0=$$SECONDS; \
-	  echo "== 1/4 phantom films"; $(PY) -m train.phantoms --out $(DEMO)/phantoms --patients 120 --seed 0; \
-	  $(PY) -m train.phantoms --out $(DEMO)/field --patients 6 --seed 1001 --quiet; \
-	  $(PY) -m convert.oddballs --out $(DEMO)/not-films --per-kind 1 --photos 1 --films $$(ls $(DEMO)/field/images/*.png | head -1); t1=$$SECONDS; \
-	  echo "== 2/4 training DenseNet-121 on the CPU"; $(PY) -m train --data $(DEMO)/phantoms --out $(DEMO)/run --preset demo; t2=$$SECONDS; \
-	  echo "== 3/4 converting to int8 TFLite"; $(PY) -m convert $(DEMO)/run/best.safetensors --data $(DEMO)/phantoms --out $(DEMO)/bundle --calibration 64 --force --max-mean-dauroc 0.05 --max-dscore 0.2; t3=$$SECONDS; \
-	  echo "== 4/4 scanning films"; $(PY) -m edge.scan $(DEMO)/field/images $(DEMO)/not-films $(FILMS) --bundle $(DEMO)/bundle --out $(DEMO)/results; t4=$$SECONDS; \
-	  echo "demo stages (s): phantoms $$((t1-t0)), train $$((t2-t1)), convert $$((t3-t2)), scan $$((t4-t3)); total $$((t4-t0))"'
+	tools/demo.sh $(PY) $(DEMO) $(FILMS)
+
+demo-clean:
+	rm -rf $(DEMO)
+
+# The app on the demo's bundle and results (after `make demo`): python -m edge.serve, see README "The app".
+SERVE_ARGS ?=
+serve: install
+	$(PY) -m edge.serve --bundle $(DEMO)/bundle --out $(DEMO)/results $(SERVE_ARGS)
 
 convert: install
 	$(PY) -m convert $(CKPT) --data $(DATA) --out $(OUT)
@@ -64,7 +67,7 @@ aarch64-check:
 	$(PYTHON) -m pip install --quiet --dry-run --ignore-installed --target $$(mktemp -d) --only-binary=:all: \
 	  --python-version 3.11 --implementation cp --platform manylinux_2_36_aarch64 --platform manylinux_2_28_aarch64 \
 	  --platform manylinux_2_27_aarch64 --platform manylinux_2_17_aarch64 --platform manylinux2014_aarch64 \
-	  -c constraints.txt numpy==1.26.4 Pillow==13.0.0 pydicom==3.0.2 ai-edge-litert==2.1.0
+	  -c constraints.txt numpy==1.26.4 Pillow==13.0.0 pydicom==3.0.2 ai-edge-litert==2.1.0 Flask==3.1.3 waitress==3.0.2
 
 lock: install
 	@{ sed -n '1,2p' constraints.txt; $(PY) -m pip freeze --exclude-editable | grep -vE '^(pip|setuptools|wheel)==' \

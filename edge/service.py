@@ -224,7 +224,13 @@ def finish(scored: Scored, ctx: ScanContext) -> FilmResult:
     return result
 
 
-def scan_one(path: Path, ctx: ScanContext) -> tuple[Prepared, FilmResult | None]:
-    """One film through the whole path (edge.capture, the app); None when the store already holds it."""
+def scan_one(path: Path, ctx: ScanContext, shown: str | None = None) -> tuple[Prepared, FilmResult | None]:
+    """One film through the whole path (edge.capture, the app); None when the store already holds it.
+
+    ``shown``: the name to store and show instead of ``path`` (the app: the uploaded file's own name)."""
     item = prepare(Path(path), ctx.store.done(ctx.model.bundle.sha256), set())
+    if shown is not None:
+        item.shown = shown
+        if item.error is not None:
+            item.error = FilmError(shown, item.error.problem, item.error.kind)
     return item, (None if item.skip else finish(score_prepared(item, ctx), ctx))

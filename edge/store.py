@@ -10,10 +10,13 @@ Uniqueness: ``UNIQUE(file_sha256, model_hash)``. A film that failed (status ``er
 again on the next run and its row replaced; an ``ok`` row is final.
 
 Writers: ``OutLock`` takes an exclusive ``flock`` on ``OUT/.scan.lock``: a second scan into the
-same folder is refused with the first one's pid. SQLite's own locking (busy timeout) is the
-second line of defence, so the database is never corrupted even without the lock. Files are
-written whole (edge.fsio's ``atomic_writer``); a writer killed mid-write leaves its temp file, and
-the next one to take the lock removes such leftovers of other pids.
+same folder is refused with the first one's pid. The app (edge.serve) takes it only while it stores
+one upload (waiting a few seconds for it), so a scan and the app share a folder: a scan that starts
+while the app stores waits a moment, an upload during a scan waits and is then refused with a message.
+SQLite's own locking (busy timeout) is the second line of defence, so the database is never
+corrupted even without the lock. Files are written whole (edge.fsio's ``atomic_writer``); a writer
+killed mid-write leaves its temp file, and the next one to take the lock removes such leftovers of
+other pids.
 
 Disk full (``database or disk is full`` / ENOSPC) becomes a ``StoreError`` that says so; what
 was committed stays, and the next run resumes after it.
@@ -25,6 +28,7 @@ import fcntl
 import json
 import os
 import sqlite3
+import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,10 +36,12 @@ from pathlib import Path
 from edge.errors import StoreError
 from edge.fsio import output_error, remove_stale_temp_files
 
-__all__ = ["DB_NAME", "LOCK_NAME", "OVERLAYS", "FilmResult", "OutLock", "Store"]
+__all__ = ["APP_HOLDER", "DB_NAME", "LOCK_NAME", "OVERLAYS", "FilmResult", "OutLock", "Store"]
 
 DB_NAME = "results.sqlite"
 LOCK_NAME = ".scan.lock"
+APP_HOLDER = "edge.serve"  # OutLock's holder name for the app; others wait up to _APP_WAIT s for it
+_APP_WAIT = 15.0
 OVERLAYS = "overlays"  # OUT/overlays/*.png, named in the rows' "overlays" column
 
 _SCHEMA = """
@@ -223,12 +229,53 @@ class Store:
             seen.update(dict.fromkeys(json.loads(labels)))
         return list(seen)
 
+    # ---- reads by id, for the app (edge.web): newest first, filtered, paged
+
+    def result(self, row_id: int) -> dict | None:
+        """One result by its row id (with ``id``), or None."""
+        return next(self._select("WHERE id=?", (int(row_id),)), None)
+
+    def result_id(self, sha256: str, model_hash: str) -> int | None:
+        row = self._db.execute("SELECT id FROM results WHERE file_sha256=? AND model_hash=?",
+                               (sha256, model_hash)).fetchone()
+        return row[0] if row else None
+
+    def page(self, show: str = "all", name: str = "", limit: int = 20, offset: int = 0) -> tuple[list[dict], int]:
+        """(results newest first, how many match): ``show`` all | flagged | refused | failed | ok; ``name`` a
+        part of the film's name (case-insensitive, taken literally)."""
+        where, args = [_SHOW.get(show, "1=1") if show != "refused" else self._refused_sql()], []
+        if name:
+            where.append("film_path LIKE ? ESCAPE '\\'")
+            args.append("%" + name.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%")
+        clause = "WHERE " + " AND ".join(where)
+        total = self._db.execute(f"SELECT COUNT(*) FROM results {clause}", args).fetchone()[0]
+        return list(self._select(f"{clause} ORDER BY id DESC LIMIT ? OFFSET ?", (*args, limit, offset))), total
+
+    def _refused_sql(self) -> str:
+        """Rows the out-of-distribution guard refused, by whichever column marks them (none: nothing matches)."""
+        columns = {r[1] for r in self._db.execute("PRAGMA table_info(results)")}
+        return "in_distribution=0" if "in_distribution" in columns else "refused=1" if "refused" in columns else "0"
+
+    def _select(self, clause: str, args: tuple | list) -> Iterator[dict]:
+        for row in self._db.execute(f"SELECT id, {', '.join(_COLUMNS)} FROM results {clause}", args):
+            item = dict(zip(("id", *_COLUMNS), row, strict=True))
+            for k in _JSON_COLUMNS:
+                item[k] = json.loads(item[k])
+            yield item
+
+
+_SHOW = {"all": "1=1", "ok": "status='ok'", "failed": "status='error'", "flagged": "status='ok' AND flagged<>'[]'"}
+
+
 class OutLock:
     """Exclusive ``flock`` on ``OUT/.scan.lock`` held for a whole scan; released by the kernel if killed."""
 
-    def __init__(self, out_dir: str | Path):
+    def __init__(self, out_dir: str | Path, *, wait: float = 0.0, holder: str = ""):
+        """``wait``: seconds to wait for a holder to let go before refusing; ``holder``: who this is (the
+        message a refused writer prints names it; the app, edge.serve, holds the lock only while storing)."""
         self.out_dir = Path(out_dir)
         self.path = self.out_dir / LOCK_NAME
+        self.wait, self.holder = wait, holder
         self._fd: int | None = None
 
     def __enter__(self) -> OutLock:
@@ -244,20 +291,38 @@ class OutLock:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as err:
             raise output_error(self.out_dir, err, "create the output folder") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
-            os.close(fd)
-            raise StoreError(f"another scan is writing to {self.out_dir} (pid {holder}); wait for it to finish "
-                             f"or choose another --out") from None
+        if not self._flock(fd, self.wait):
+            pid, _, prog = os.pread(fd, 64, 0).decode("ascii", "replace").strip().partition("\n")
+            app = prog.strip() == APP_HOLDER  # the app lets go within moments: wait for it
+            if not (app and self._flock(fd, max(self.wait, _APP_WAIT))):
+                os.close(fd)
+                raise self._refusal(pid, app) from None
         self._fd = fd
         try:  # the pid is only for the message a second scan prints; a full disk must not stop this one
             os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            os.pwrite(fd, f"{os.getpid()}\n{self.holder}\n".encode("ascii", "replace"), 0)
         except OSError:
             pass
         remove_stale_temp_files(self.out_dir, self.out_dir / OVERLAYS)
+
+    def _refusal(self, pid: str, app: bool) -> StoreError:
+        if app:
+            return StoreError(f"the app (python -m edge.serve, pid {pid or 'unknown'}) is storing a film in "
+                              f"{self.out_dir}; try again in a moment")
+        return StoreError(f"another scan is writing to {self.out_dir} (pid {pid or 'unknown'}); wait for it to "
+                          f"finish or choose another --out")
+
+    @staticmethod
+    def _flock(fd: int, wait: float) -> bool:
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    return False
+                time.sleep(0.05)
 
     def release(self) -> None:
         if self._fd is not None:

@@ -68,15 +68,19 @@ def shared_data_dir() -> Path | None:
     return path if path.is_dir() else None
 
 
+def skip_or_fail(message: str) -> None:
+    """Something a test needs is missing: skip it locally, fail it in CI (where it must be there)."""
+    if IN_CI:
+        pytest.fail(message)
+    pytest.skip(message)
+
+
 @pytest.fixture(scope="session")
 def test_data() -> Path:
     """../shared/data (or $XRAY_TEST_DATA). Missing: skip locally, fail in CI."""
     path = shared_data_dir()
     if path is None:
-        message = "real test data not found: set XRAY_TEST_DATA or put it in ../shared/data"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
+        skip_or_fail("real test data not found: set XRAY_TEST_DATA or put it in ../shared/data")
     return path
 
 

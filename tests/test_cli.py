@@ -23,6 +23,7 @@ COMMANDS = {
     "edge.scan": ("edge.scan", ["film.png", "--bundle", "b", "--out", "o"]),
     "edge.capture": ("edge.capture", ["--bundle", "b", "--out", "o"]),
     "edge.bench": ("edge.bench", []),
+    "edge.serve": ("edge.serve", ["--bundle", "b", "--out", "o"]),
     "train.__main__": ("train", ["--data", "d", "--out", "o"]),
     "train.evaluate": ("train.evaluate", ["run/best.safetensors", "--data", "d"]),
     "train.phantoms": ("train.phantoms", ["--out", "o", "--patients", "1", "--seed", "0"]),

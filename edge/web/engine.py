@@ -1,0 +1,147 @@
+"""The app's side of "film in, stored result out": an uploaded file through edge.service into the shared store.
+
+One ``Engine`` per app. ``submit`` takes the uploaded bytes and the name the phone gave them, and:
+
+1. sniffs the bytes (edge.films.sniff; never the name): not an image or DICOM -> refused, nothing stored;
+2. for a photo of a film (the page's camera button, or a JPEG whose EXIF names a camera) runs edge.capture's
+   quality checks; a photo that fails them is refused, nothing stored; one that passes is kept as its
+   trimmed grayscale film (PNG), as edge.capture keeps its captures;
+3. under one lock (the interpreter is not thread-safe, and one film at a time keeps the Pi's memory flat)
+   and the results folder's OutLock (shared with edge.scan and edge.capture, held only while storing):
+   saves the file as ``OUT/uploads/<sha256>.<format>`` (atomically; named by its hash, never by the name
+   sent), runs ``edge.service.scan_one`` (the scan's own scoring, CAM, overlays and store row), and
+   rebuilds results.csv, results.jsonl and report.html (edge.report.export_all), so the next report lists it.
+
+The name sent is only ever text shown to people (the row's ``film_path`` is ``upload/<name>``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from edge.capture import check_frame
+from edge.decode import MAX_PIXELS
+from edge.films import FORMATS, sniff
+from edge.fsio import atomic_write_bytes, output_error, remove_stale_temp_files
+from edge.progress import printable
+from edge.report import export_all
+from edge.service import ScanContext, scan_one
+from edge.store import APP_HOLDER, DB_NAME, OutLock, Store
+
+__all__ = ["UPLOADS", "UPLOAD_PREFIX", "Engine", "Outcome", "display_name", "is_photo"]
+
+UPLOADS = "uploads"  # OUT/uploads/<sha256>.<format>
+UPLOAD_PREFIX = "upload/"  # film_path of an uploaded film: upload/<the name it was sent with>
+_NAME_MAX = 120
+_LOCK_WAIT = 10.0  # seconds an upload waits for a scan to let go of the folder before it is refused
+_CAMERA_TAGS = (0x010F, 0x0110)  # EXIF Make, Model
+_READABLE = ", ".join(k.upper() for k in FORMATS if k != "dicom") + " or DICOM"
+
+
+@dataclass
+class Outcome:
+    """What became of an upload: ``stored`` (a new row), ``known`` (the store already had it), ``refused``
+    (nothing stored; ``problems`` say why). ``status``: the HTTP status the app answers with."""
+
+    kind: str
+    status: int
+    row_id: int | None = None
+    row: dict | None = None
+    problems: list[str] = field(default_factory=list)
+
+
+def display_name(name: str | None) -> str:
+    """The last part of a sent file name, one printable line, bounded; "film" when there is none."""
+    base = (name or "").replace("\\", "/").rsplit("/", 1)[-1].strip()
+    return printable(base)[:_NAME_MAX] or "film"
+
+
+def is_photo(data: bytes) -> bool:
+    """A JPEG whose EXIF names the camera that took it: a photograph (of a film), not a film file."""
+    if sniff(data) != "jpeg":
+        return False
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            exif = img.getexif()
+    except Exception:  # noqa: BLE001 - unreadable EXIF: not recognisably a photo; the decoder will say more
+        return False
+    return any(exif.get(tag) for tag in _CAMERA_TAGS)
+
+
+def _photo_film(data: bytes) -> tuple[bytes | None, list[str]]:
+    """(the trimmed gray film as PNG bytes, or None; problems) for a photo, by edge.capture's checks."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            if img.width * img.height > MAX_PIXELS:
+                return None, [f"the photo is too large ({img.width}×{img.height} px)"]
+            frame = np.asarray(img.convert("RGB"))
+    except Exception as err:  # noqa: BLE001 - any decoder failure is a property of the upload
+        return None, [f"the photo could not be read ({type(err).__name__})"]
+    film, problems = check_frame(frame)
+    if problems:
+        return None, problems
+    buf = io.BytesIO()
+    Image.fromarray(film).save(buf, format="PNG")
+    return buf.getvalue(), []
+
+
+class Engine:
+    """The loaded model and the results folder; ``submit`` is safe to call from many threads."""
+
+    def __init__(self, model: Any, explainer: Any, out_dir: Path, *, keep_uploads: bool = True):
+        self.model, self.explainer, self.out_dir = model, explainer, Path(out_dir)
+        self.keep_uploads = keep_uploads
+        self._lock = threading.Lock()
+
+    @property
+    def bundle(self) -> Any:
+        return self.model.bundle
+
+    def open_store(self) -> Store:
+        return Store(self.out_dir / DB_NAME)
+
+    def submit(self, data: bytes, name: str | None, photo: bool = False) -> Outcome:
+        """Sniff, check, store and score one upload (see the module's docstring)."""
+        fmt = sniff(data)
+        if fmt is None or fmt not in FORMATS:
+            return Outcome("refused", 415, problems=[f"not a film file: the bytes are not {_READABLE}"])
+        if photo or is_photo(data):
+            data, problems = _photo_film(data)
+            if data is None:
+                return Outcome("refused", 422, problems=problems)
+            fmt = "png"
+        with self._lock, OutLock(self.out_dir, wait=_LOCK_WAIT, holder=APP_HOLDER), self.open_store() as store:
+            return self._store(store, data, fmt, display_name(name))
+
+    def _store(self, store: Store, data: bytes, fmt: str, name: str) -> Outcome:
+        sha = hashlib.sha256(data).hexdigest()
+        folder = self.out_dir / UPLOADS
+        remove_stale_temp_files(folder)
+        path = folder / f"{sha}.{fmt}"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            if not path.is_file():
+                atomic_write_bytes(path, data)
+        except OSError as err:
+            raise output_error(folder, err, "keep the upload") from None
+        ctx = ScanContext(model=self.model, explainer=self.explainer, store=store, out_dir=self.out_dir)
+        try:
+            _, result = scan_one(path, ctx, shown=UPLOAD_PREFIX + name)
+        finally:
+            if not self.keep_uploads:
+                path.unlink(missing_ok=True)
+        row_id = store.result_id(sha, self.bundle.sha256)
+        row = store.result(row_id) if row_id is not None else None
+        if result is not None:
+            export_all(store, self.out_dir, self.bundle)
+        kind = "stored" if result is not None else "known"
+        ok = row is not None and row["status"] == "ok"
+        return Outcome(kind, (201 if kind == "stored" else 200) if ok else 422, row_id, row)

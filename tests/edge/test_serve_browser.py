@@ -1,0 +1,122 @@
+"""The app in a real browser: headless Chromium (Debian's chromium and chromium-driver) through Selenium, against
+the session's real bundle served by waitress on 127.0.0.1. A missing browser skips these tests, in CI fails them
+(.ci/run installs it)."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+import pytest
+
+from edge.serve import build_app
+from tests.conftest import skip_or_fail
+from tests.edge.serve_helpers import broken_png, non_film_png, served
+
+WIDTH = 390
+_OVERFLOW = """
+const w = document.documentElement.clientWidth;
+const wide = [...document.querySelectorAll('body *')].filter(e => {
+  const r = e.getBoundingClientRect(); return r.width > 0 && (r.right > w + 1 || r.left < -1); });
+return [document.documentElement.scrollWidth, w, wide.map(e => e.tagName + '.' + e.className).slice(0, 5)];
+"""
+
+
+def _browser_paths() -> tuple[str, str] | None:
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver") or ("/usr/bin/chromedriver" if Path("/usr/bin/chromedriver").exists()
+                                              else None)
+    return (chromium, driver) if chromium and driver else None
+
+
+@pytest.fixture(scope="module")
+def driver():
+    paths = _browser_paths()
+    if paths is None:
+        skip_or_fail("headless Chromium not found: apt-get install chromium chromium-driver")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = paths[0]
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                f"--window-size={WIDTH},1400"):
+        options.add_argument(arg)
+    browser = webdriver.Chrome(service=Service(paths[1]), options=options)
+    browser.set_page_load_timeout(120)
+    yield browser
+    browser.quit()
+
+
+def _app(bundle_dir: Path, out: Path, host: str):
+    args = argparse.Namespace(bundle=str(bundle_dir), out=str(out), host=host, port=0, max_upload_mb=100,
+                              no_keep_uploads=False, threads=8, device="cpu")
+    return build_app(args)
+
+
+@pytest.fixture(scope="module")
+def site(bundle_dir, tmp_path_factory):
+    app, _, _ = _app(bundle_dir, tmp_path_factory.mktemp("serve-out"), "127.0.0.1")
+    with served(app) as base:
+        yield base
+
+
+def _upload(driver, base: str, path: Path) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver.get(base)
+    driver.find_element(By.ID, "film").send_keys(str(path))
+    driver.find_element(By.ID, "submit").click()
+    driver.find_element(By.TAG_NAME, "footer")  # the answer page has loaded
+
+
+def _fits(driver) -> None:
+    scroll, width, wide = driver.execute_script(_OVERFLOW)
+    assert scroll <= width and not wide, f"runs off a {width} px screen: {wide}"
+
+
+def test_upload_refusal_failure_and_history_in_a_browser(driver, site, phantom_set, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    film = sorted((phantom_set / "images").glob("*.png"))[-1]
+    _upload(driver, site, film)
+    assert len(driver.find_elements(By.CSS_SELECTOR, "li.score")) == 14
+    heatmap = driver.find_element(By.ID, "heatmap")
+    assert driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", heatmap)
+    _fits(driver)
+
+    other = tmp_path / "holiday.png"
+    other.write_bytes(non_film_png())
+    _upload(driver, site, other)
+    message = driver.find_element(By.ID, "message").text
+    assert "Refused" in message or "Could not be read" in message
+    _fits(driver)
+
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(broken_png())
+    _upload(driver, site, broken)
+    assert "Could not be read" in driver.find_element(By.ID, "message").text
+
+    driver.get(site + "history")
+    names = [a.text for a in driver.find_elements(By.CSS_SELECTOR, "#history a.name")]
+    assert names[:3] == ["broken.png", "holiday.png", film.name]
+    _fits(driver)
+    driver.get(site)
+    _fits(driver)
+
+
+def test_without_the_code_off_loopback_the_pages_are_refused(driver, bundle_dir, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    app, code, required = _app(bundle_dir, tmp_path / "out", "0.0.0.0")  # as for phones; reached on 127.0.0.1 here
+    assert required
+    with served(app) as base:
+        driver.get(base + "history")
+        assert driver.find_elements(By.ID, "code") and not driver.find_elements(By.ID, "history")
+        driver.find_element(By.ID, "code").send_keys("wrong-code")
+        driver.find_element(By.CSS_SELECTOR, "form button").click()
+        assert "not the access code" in driver.find_element(By.ID, "message").text
+        driver.find_element(By.ID, "code").send_keys(code)
+        driver.find_element(By.CSS_SELECTOR, "form button").click()
+        assert driver.find_elements(By.ID, "history")
