@@ -18,7 +18,7 @@ for a in "$@"; do [[ "$prev" == "--out" ]] && out=$a; prev=$a; done
 case "$module" in
   train.phantoms) mkdir -p "$out/images" ;;
   train) mkdir -p "$out"; touch "$out/last_state.pt"; [[ -f "$STUB_FAIL" ]] && exit 1; touch "$out/best.safetensors" ;;
-  convert) mkdir -p "$out" ;;
+  convert|convert.oddballs) mkdir -p "$out" ;;
 esac
 exit 0
 """
@@ -42,7 +42,7 @@ def _modules(calls: list[str]) -> list[str]:
 
 def test_demo_runs_again_reusing_and_resuming(tmp_path):
     code, _, calls = _demo(tmp_path, fail_train=True)  # stopped during training
-    assert code != 0 and _modules(calls) == ["train.phantoms", "train.phantoms", "train"]
+    assert code != 0 and _modules(calls) == ["train.phantoms", "train.phantoms", "convert.oddballs", "train"]
     code, out, calls = _demo(tmp_path)
     assert code == 0 and _modules(calls) == ["train --resume", "convert", "edge.scan"]
     assert "reused: phantoms" in out and "resuming the unfinished training" in out

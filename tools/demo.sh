@@ -21,8 +21,8 @@ if ! reused phantoms "$k1"; then
   "$PY" -m train.phantoms --out "$DEMO/phantoms" --patients 120 --seed 0
   "$PY" -m train.phantoms --out "$DEMO/field" --patients 6 --seed 1001 --quiet
   # a few pictures that are not chest films, so the scan shows the out-of-distribution guard refusing them
-  first=$(ls "$DEMO"/field/images/*.png | head -1)
-  "$PY" -m convert.oddballs --out "$DEMO/not-films" --per-kind 1 --photos 1 --films "$first"
+  shopt -s nullglob; field=("$DEMO"/field/images/*.png); shopt -u nullglob
+  "$PY" -m convert.oddballs --out "$DEMO/not-films" --per-kind 1 --photos 1 --films "${field[@]:0:1}"
   echo "$k1" > "$DEMO/.phantoms.done"
 fi
 t1=$SECONDS
