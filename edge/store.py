@@ -35,6 +35,7 @@ from pathlib import Path
 
 from edge.errors import StoreError
 from edge.fsio import output_error, remove_stale_temp_files
+from edge.screen import REFUSED
 
 __all__ = ["APP_HOLDER", "DB_NAME", "LOCK_NAME", "OVERLAYS", "FilmResult", "OutLock", "Store"]
 
@@ -243,18 +244,13 @@ class Store:
     def page(self, show: str = "all", name: str = "", limit: int = 20, offset: int = 0) -> tuple[list[dict], int]:
         """(results newest first, how many match): ``show`` all | flagged | refused | failed | ok; ``name`` a
         part of the film's name (case-insensitive, taken literally)."""
-        where, args = [_SHOW.get(show, "1=1") if show != "refused" else self._refused_sql()], []
+        where, args = [_SHOW.get(show, "1=1")], []
         if name:
             where.append("film_path LIKE ? ESCAPE '\\'")
             args.append("%" + name.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%")
         clause = "WHERE " + " AND ".join(where)
         total = self._db.execute(f"SELECT COUNT(*) FROM results {clause}", args).fetchone()[0]
         return list(self._select(f"{clause} ORDER BY id DESC LIMIT ? OFFSET ?", (*args, limit, offset))), total
-
-    def _refused_sql(self) -> str:
-        """Rows the out-of-distribution guard refused, by whichever column marks them (none: nothing matches)."""
-        columns = {r[1] for r in self._db.execute("PRAGMA table_info(results)")}
-        return "in_distribution=0" if "in_distribution" in columns else "refused=1" if "refused" in columns else "0"
 
     def _select(self, clause: str, args: tuple | list) -> Iterator[dict]:
         for row in self._db.execute(f"SELECT id, {', '.join(_COLUMNS)} FROM results {clause}", args):
@@ -264,7 +260,8 @@ class Store:
             yield item
 
 
-_SHOW = {"all": "1=1", "ok": "status='ok'", "failed": "status='error'", "flagged": "status='ok' AND flagged<>'[]'"}
+_SHOW = {"all": "1=1", "ok": "status='ok'", "failed": "status='error'", "flagged": "status='ok' AND flagged<>'[]'",
+         "refused": f"guard='{REFUSED}'"}  # every store has the guard column (added to older ones on opening)
 
 
 class OutLock:

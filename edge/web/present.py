@@ -1,8 +1,8 @@
 """Stored results as the pages show them: plain words, scores against thresholds, flagged first, refusals.
 
-Pure functions of a store row (edge.store, with ``id``) and the app's bundle. Fields the
-out-of-distribution guard adds (``in_distribution``, ``refused_reason``, ``novelty``) are read with
-defaults, so rows from before it and rows from after it both show.
+Pure functions of a store row (edge.store, with ``id``) and the app's bundle. A film the
+out-of-distribution guard or the screen refused has ``guard`` "refused" and its reason in ``refusal``
+(edge.screen); rows stored before the guard have neither and show as scored.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from edge.report import held_out_auroc
+from edge.screen import NOT_RECOGNISED, REFUSED
 from edge.web.engine import UPLOAD_PREFIX
 
 __all__ = ["PLAIN", "ScoreLine", "api_row", "name_of", "refusal", "score_lines", "source_of", "verdict"]
@@ -58,15 +59,9 @@ def source_of(row: dict) -> str:
 
 def refusal(row: dict) -> str | None:
     """Why the guard refused this film (None: not refused, or no guard when it was scored)."""
-    refused = row.get("in_distribution", True) in (False, 0) or bool(row.get("refused"))
-    if not refused:
+    if row.get("guard") != REFUSED:  # accepted, scored anyway (--allow-unrecognised), or no guard
         return None
-    why = row.get("refused_reason") or row.get("ood_reason") or row.get("reason")
-    if why:
-        return str(why)
-    novelty = row.get("novelty")
-    return (f"the film is unlike the films the model was trained on (novelty {novelty:.2f})"
-            if isinstance(novelty, int | float) else "the film is unlike the films the model was trained on")
+    return str(row.get("refusal") or NOT_RECOGNISED)
 
 
 def verdict(row: dict) -> str:

@@ -267,7 +267,7 @@ def test_a_result_the_guard_refused_is_shown_as_refused(client, monkeypatch):
     stored = client.get("/api/results/1").json
     row = {k: stored[k] for k in ("id", "film_path", "file_sha256", "model_hash", "status", "scanned_at", "labels",
                                   "scores", "flagged", "cam", "overlays", "error")}
-    row.update(in_distribution=False, refused_reason="a photo of a cat, not a chest film")
+    row.update(in_distribution=False, guard="refused", refusal="a photo of a cat, not a chest film")
     for module in (edge.web.views, edge.web.api):
         monkeypatch.setattr(module, "find_result", lambda row_id: row)
     page = client.get("/results/1")

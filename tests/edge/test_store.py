@@ -183,3 +183,13 @@ def test_ok_result_retires_error_rows_of_the_same_path(store):
     store.add(result("a" * 64))  # the complete file, at the same path
     assert [(r["film_path"], r["status"]) for r in store.rows()] == [("films/other.png", "error"),
                                                                     ("films/a.png", "ok")]
+
+
+def test_the_refused_filter_lists_what_the_guard_refused_not_what_it_let_through(store):
+    store.add(result("a" * 64, path="films/accepted.png", guard="accepted", in_distribution=True))
+    store.add(result("b" * 64, path="films/refused.png", guard="refused", in_distribution=False, flagged=[],
+                     refusal="not recognised as a chest film like the training films"))
+    store.add(result("c" * 64, path="films/anyway.png", guard="scored anyway", in_distribution=False,
+                     refusal="a strongly coloured picture"))
+    rows, total = store.page("refused", "", 20, 0)
+    assert total == 1 and [r["film_path"] for r in rows] == ["films/refused.png"]
