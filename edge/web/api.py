@@ -17,8 +17,8 @@ from typing import Any
 
 from flask import Blueprint, jsonify, request
 
+from edge.present import api_row
 from edge.web import UserError
-from edge.web.present import api_row
 from edge.web.views import PAGE_SIZE, SHOWS, engine, find_result, page_number, take_upload
 
 __all__ = ["api"]

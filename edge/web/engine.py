@@ -31,6 +31,7 @@ from edge.capture import check_frame
 from edge.decode import MAX_PIXELS
 from edge.films import FORMATS, sniff
 from edge.fsio import atomic_write_bytes, output_error, remove_stale_temp_files
+from edge.present import UPLOAD_PREFIX
 from edge.progress import printable
 from edge.report import export_all
 from edge.service import ScanContext, scan_one
@@ -39,7 +40,6 @@ from edge.store import APP_HOLDER, DB_NAME, OutLock, Store
 __all__ = ["UPLOADS", "UPLOAD_PREFIX", "Engine", "Outcome", "display_name", "is_photo"]
 
 UPLOADS = "uploads"  # OUT/uploads/<sha256>.<format>
-UPLOAD_PREFIX = "upload/"  # film_path of an uploaded film: upload/<the name it was sent with>
 _NAME_MAX = 120
 _LOCK_WAIT = 10.0  # seconds an upload waits for a scan to let go of the folder before it is refused
 _CAMERA_TAGS = (0x010F, 0x0110)  # EXIF Make, Model

@@ -9,11 +9,11 @@ from urllib.parse import urlsplit
 
 from flask import Blueprint, redirect, render_template, request, send_file, session, url_for
 
+from edge.present import PLAIN, model_facts, name_of, refusal, score_lines, source_of, verdict
 from edge.report import DEMO_DISCLAIMER
 from edge.store import OVERLAYS
 from edge.web import UserError, state
 from edge.web.engine import Engine, Outcome
-from edge.web.present import PLAIN, model_facts, name_of, refusal, score_lines, source_of, verdict
 from edge.web.security import code_matches, new_token
 
 __all__ = ["PAGE_SIZE", "SHOWS", "engine", "find_result", "overlay_path", "page_number", "pages", "take_upload"]

@@ -5,6 +5,7 @@ the session's real bundle served by waitress on 127.0.0.1. A missing browser ski
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 from pathlib import Path
 
@@ -56,10 +57,23 @@ def _app(bundle_dir: Path, out: Path, host: str):
 
 
 @pytest.fixture(scope="module")
-def site(bundle_dir, tmp_path_factory):
-    app, _, _ = _app(bundle_dir, tmp_path_factory.mktemp("serve-out"), "127.0.0.1")
+def site_out(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("serve-out")
+
+
+@pytest.fixture(scope="module")
+def site(bundle_dir, site_out):
+    app, _, _ = _app(bundle_dir, site_out, "127.0.0.1")
     with served(app) as base:
         yield base
+
+
+def _shot(driver, name: str) -> None:
+    """With XRAY_SCREENSHOTS=DIR, keep a screenshot of the page (for a README or a review; never committed)."""
+    folder = os.environ.get("XRAY_SCREENSHOTS")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        driver.save_screenshot(str(Path(folder) / f"{name}.png"))
 
 
 def _upload(driver, base: str, path: Path) -> None:
@@ -67,8 +81,21 @@ def _upload(driver, base: str, path: Path) -> None:
 
     driver.get(base)
     driver.find_element(By.ID, "film").send_keys(str(path))
-    driver.find_element(By.ID, "submit").click()
-    driver.find_element(By.TAG_NAME, "footer")  # the answer page has loaded
+    _submit(driver, driver.find_element(By.ID, "submit"))
+
+
+def _submit(driver, button) -> None:
+    """Click a form's button and wait for the answer page: the old page is gone and the new one complete (a busy
+    machine can take seconds to score, so wait rather than look once)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    button.click()
+    wait = WebDriverWait(driver, 120)
+    wait.until(ec.staleness_of(button))
+    wait.until(lambda d: d.execute_script("return document.readyState") == "complete")
+    driver.find_element(By.TAG_NAME, "footer")
 
 
 def _fits(driver) -> None:
@@ -85,6 +112,7 @@ def test_upload_refusal_failure_and_history_in_a_browser(driver, site, phantom_s
     heatmap = driver.find_element(By.ID, "heatmap")
     assert driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", heatmap)
     _fits(driver)
+    _shot(driver, "result")
 
     other = tmp_path / "holiday.png"
     other.write_bytes(non_film_png())
@@ -102,8 +130,25 @@ def test_upload_refusal_failure_and_history_in_a_browser(driver, site, phantom_s
     names = [a.text for a in driver.find_elements(By.CSS_SELECTOR, "#history a.name")]
     assert names[:3] == ["broken.png", "holiday.png", film.name]
     _fits(driver)
+    _shot(driver, "history")
     driver.get(site)
     _fits(driver)
+    _shot(driver, "upload")
+
+
+def test_report_html_reads_on_a_phone(driver, site, site_out, phantom_set):
+    """report.html, opened from the results folder as a file, fits a 390 px screen with its heatmaps shown."""
+    from selenium.webdriver.common.by import By
+
+    _upload(driver, site, sorted((phantom_set / "images").glob("*.png"))[0])
+    driver.get((site_out / "report.html").resolve().as_uri())
+    assert driver.find_elements(By.CSS_SELECTOR, "article.film")
+    thumbs = driver.find_elements(By.CSS_SELECTOR, ".thumbs img")
+    assert thumbs and all(driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", t)
+                          for t in thumbs[:4])
+    assert driver.find_elements(By.CSS_SELECTOR, "li.score")
+    _fits(driver)
+    _shot(driver, "report")
 
 
 def test_without_the_code_off_loopback_the_pages_are_refused(driver, bundle_dir, tmp_path):
@@ -115,8 +160,8 @@ def test_without_the_code_off_loopback_the_pages_are_refused(driver, bundle_dir,
         driver.get(base + "history")
         assert driver.find_elements(By.ID, "code") and not driver.find_elements(By.ID, "history")
         driver.find_element(By.ID, "code").send_keys("wrong-code")
-        driver.find_element(By.CSS_SELECTOR, "form button").click()
+        _submit(driver, driver.find_element(By.CSS_SELECTOR, "form button"))
         assert "not the access code" in driver.find_element(By.ID, "message").text
         driver.find_element(By.ID, "code").send_keys(code)
-        driver.find_element(By.CSS_SELECTOR, "form button").click()
+        _submit(driver, driver.find_element(By.CSS_SELECTOR, "form button"))
         assert driver.find_elements(By.ID, "history")

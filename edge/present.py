@@ -1,4 +1,5 @@
-"""Stored results as the pages show them: plain words, scores against thresholds, flagged first, refusals.
+"""Stored results as people read them (the app's pages and report.html): plain words, scores against
+thresholds, flagged first, refusals.
 
 Pure functions of a store row (edge.store, with ``id``) and the app's bundle. A film the
 out-of-distribution guard or the screen refused has ``guard`` "refused" and its reason in ``refusal``
@@ -11,11 +12,14 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
 
-from edge.report import held_out_auroc
 from edge.screen import NOT_RECOGNISED, REFUSED
-from edge.web.engine import UPLOAD_PREFIX
 
-__all__ = ["PLAIN", "ScoreLine", "api_row", "name_of", "refusal", "score_lines", "source_of", "verdict"]
+__all__ = ["DEMO_DISCLAIMER", "PLAIN", "UPLOAD_PREFIX", "ScoreLine", "api_row", "cam_caption", "held_out_auroc",
+           "model_facts", "name_of", "refusal", "score_lines", "source_of", "verdict"]
+
+DEMO_DISCLAIMER = "This model was trained on phantom films: for demonstration only, not for diagnosis."
+
+UPLOAD_PREFIX = "upload/"  # film_path of an uploaded film: upload/<the name it was sent with>
 
 PLAIN = {
     "Atelectasis": "part of a lung collapsed or not filled with air",
@@ -43,6 +47,16 @@ class ScoreLine:
     score: float
     threshold: float | None
     flagged: bool
+
+
+def held_out_auroc(spec: dict) -> tuple[str, float] | None:
+    """("test" | "validation", macro AUROC) from the bundle's training metrics: test films first."""
+    metrics = spec.get("provenance", {}).get("training_metrics") or {}
+    for key, name in (("test", "test"), ("val", "validation")):
+        value = (metrics.get(key) or {}).get("macro_auroc")
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return name, float(value)
+    return None
 
 
 def name_of(row: dict) -> str:
@@ -73,14 +87,25 @@ def verdict(row: dict) -> str:
     return "flagged" if row.get("flagged") else "clear"
 
 
-def score_lines(row: dict, bundle: Any) -> list[ScoreLine]:
-    """Every label's score, flagged first, then by score; thresholds when the row is this bundle's."""
-    same = row.get("model_hash") == bundle.sha256
+def score_lines(row: dict, bundle: Any, same_model: bool | None = None) -> list[ScoreLine]:
+    """Every label's score, flagged first, then by score; thresholds when the row is this bundle's
+    (``same_model``: known by the caller, e.g. a report of one model's rows; else by the row's model_hash)."""
+    same = row.get("model_hash") == bundle.sha256 if same_model is None else same_model
     thresholds = dict(zip(bundle.labels, bundle.thresholds, strict=True)) if same else {}
     flagged = set(row.get("flagged") or [])
     lines = [ScoreLine(lb, PLAIN.get(lb, lb.replace("_", " ").lower()), float(s), thresholds.get(lb), lb in flagged)
              for lb, s in (row.get("scores") or {}).items()]
     return sorted(lines, key=lambda ln: (not ln.flagged, -ln.score))
+
+
+def cam_caption(cam: dict) -> str:
+    """Where a heatmap's hottest spot is, and any other spot at least half as hot."""
+    text = f"{cam.get('label')}: peak at x={cam.get('x')}, y={cam.get('y')}"
+    peaks = cam.get("peaks")
+    more = [p for p in peaks[1:] if isinstance(p, list | tuple) and len(p) == 2] if isinstance(peaks, list) else []
+    if more:
+        text += "; also " + ", ".join(f"x={x}, y={y}" for x, y in more)
+    return text
 
 
 def model_facts(row: dict, bundle: Any) -> list[tuple[str, str]]:
