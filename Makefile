@@ -67,7 +67,7 @@ aarch64-check:
 	$(PYTHON) -m pip install --quiet --dry-run --ignore-installed --target $$(mktemp -d) --only-binary=:all: \
 	  --python-version 3.11 --implementation cp --platform manylinux_2_36_aarch64 --platform manylinux_2_28_aarch64 \
 	  --platform manylinux_2_27_aarch64 --platform manylinux_2_17_aarch64 --platform manylinux2014_aarch64 \
-	  -c constraints.txt numpy==1.26.4 Pillow==13.0.0 pydicom==3.0.2 ai-edge-litert==2.1.0 Flask==3.1.3 waitress==3.0.2
+	  -c constraints.txt numpy==1.26.4 Pillow==13.0.0 pydicom==3.0.2 ai-edge-litert==2.1.0 Flask==3.1.3 Jinja2==3.1.6 MarkupSafe==3.0.4 waitress==3.0.2
 
 lock: install
 	@{ sed -n '1,2p' constraints.txt; $(PY) -m pip freeze --exclude-editable | grep -vE '^(pip|setuptools|wheel)==' \

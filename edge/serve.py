@@ -49,19 +49,22 @@ def _parser() -> argparse.ArgumentParser:
 def build_app(args: argparse.Namespace) -> tuple[Any, str, bool]:
     """(the WSGI app, the access code, whether it is required) for parsed arguments; opens the model."""
     from edge import runtime
+    from edge.novelty import load_guard
+    from edge.screen import guard_notes
     from edge.web import create_app
     from edge.web.engine import Engine
     from edge.web.security import access_code, is_loopback
 
     model = runtime.open_model(args.bundle, device=args.device)  # verified before anything is served
-    for note in model.notes:
+    guard = load_guard(model.bundle)  # the scan's own refusal of unfamiliar films (None: the bundle has none)
+    for note in [*model.notes, *guard_notes(guard)]:
         print(f"note: {note}", file=sys.stderr)
     out = Path(args.out)
     code = access_code(out)
     with Store(out / DB_NAME):  # the folder is writable and its database opens: say so now, not at the first upload
         pass
     engine = Engine(model, CamExplainer(model.bundle, getattr(model, "head", None)), out,
-                    keep_uploads=not args.no_keep_uploads)
+                    keep_uploads=not args.no_keep_uploads, guard=guard)
     require = not is_loopback(args.host)
     return create_app(engine, code=code, require_code=require, max_mb=args.max_upload_mb), code, require
 

@@ -96,8 +96,9 @@ def _photo_film(data: bytes) -> tuple[bytes | None, list[str]]:
 class Engine:
     """The loaded model and the results folder; ``submit`` is safe to call from many threads."""
 
-    def __init__(self, model: Any, explainer: Any, out_dir: Path, *, keep_uploads: bool = True):
-        self.model, self.explainer, self.out_dir = model, explainer, Path(out_dir)
+    def __init__(self, model: Any, explainer: Any, out_dir: Path, *, keep_uploads: bool = True, guard: Any = None):
+        """``guard``: the bundle's out-of-distribution guard (edge.novelty.load_guard), as edge.scan uses it."""
+        self.model, self.explainer, self.out_dir, self.guard = model, explainer, Path(out_dir), guard
         self.keep_uploads = keep_uploads
         self._lock = threading.Lock()
 
@@ -132,7 +133,8 @@ class Engine:
                 atomic_write_bytes(path, data)
         except OSError as err:
             raise output_error(folder, err, "keep the upload") from None
-        ctx = ScanContext(model=self.model, explainer=self.explainer, store=store, out_dir=self.out_dir)
+        ctx = ScanContext(model=self.model, explainer=self.explainer, store=store, out_dir=self.out_dir,
+                          guard=self.guard)
         try:
             _, result = scan_one(path, ctx, shown=UPLOAD_PREFIX + name)
         finally:

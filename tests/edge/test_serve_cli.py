@@ -54,3 +54,31 @@ def test_bad_port_and_missing_bundle_are_one_line_errors(tmp_path, capsys):
     assert main(["--bundle", str(tmp_path / "none"), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "--port must be 0 to 65535" in err and "edge.serve: error:" in err and "Traceback" not in err
+
+
+def test_the_app_refuses_unfamiliar_films_with_the_scans_guard(bundle_dir, phantom_set, tmp_path):
+    """The real bundle's out-of-distribution guard runs on uploads as on a scan: a gray page of text (which
+    passes the colour screen) is refused, a phantom film is scored."""
+    import argparse
+    import io
+
+    from PIL import Image
+
+    from convert.oddballs import far
+    from edge.serve import build_app
+
+    args = argparse.Namespace(bundle=str(bundle_dir), out=str(tmp_path / "out"), host="127.0.0.1", port=0,
+                              max_upload_mb=100, no_keep_uploads=False, threads=2, device="cpu")
+    app, _, _ = build_app(args)
+    assert app.extensions["xray"]["engine"].guard is not None
+    page = next(p for kind, _, p in far(per_kind=1, photos=0) if kind == "text")
+    buf = io.BytesIO()
+    Image.fromarray(page).convert("L").save(buf, format="PNG")
+    film = sorted((phantom_set / "images").glob("*.png"))[0]
+    client = app.test_client()
+    headers = {"X-Access-Code": (tmp_path / "out" / ".access-code").read_text().strip()}
+    refused = client.post("/api/results", headers=headers, data={"film": (io.BytesIO(buf.getvalue()), "page.png")})
+    scored = client.post("/api/results", headers=headers, data={"film": (film.open("rb"), film.name)})
+    assert refused.get_json()["result"]["verdict"] == "refused", refused.get_json()
+    assert refused.get_json()["result"]["guard"] == "refused"
+    assert scored.status_code == 201 and scored.get_json()["result"]["guard"] == "accepted"
