@@ -61,10 +61,12 @@ def build_app(args: argparse.Namespace) -> tuple[Any, str, bool]:
         print(f"note: {note}", file=sys.stderr)
     out = Path(args.out)
     code = access_code(out)
-    with Store(out / DB_NAME):  # the folder is writable and its database opens: say so now, not at the first upload
-        pass
+    with Store(out / DB_NAME) as store:  # the folder is writable and its database opens: said now, not at an upload
+        stored = store.count()
     engine = Engine(model, CamExplainer(model.bundle, getattr(model, "head", None)), out,
                     keep_uploads=not args.no_keep_uploads, guard=guard)
+    if stored:
+        engine.exports_due()  # results stored after the exports last ran (a kill, a full disk) reach them
     require = not is_loopback(args.host)
     return create_app(engine, code=code, require_code=require, max_mb=args.max_upload_mb), code, require
 
@@ -92,7 +94,10 @@ def _run(args: argparse.Namespace) -> int:
     if app.extensions["xray"]["engine"].bundle.is_demo:
         print(f"*** {DEMO_DISCLAIMER} ***", flush=True)
     signal.signal(signal.SIGTERM, _interrupt)  # a service manager's stop: as Ctrl-C
-    server.run()  # until Ctrl-C or SIGTERM (waitress ends its loop); a film being stored is whole or absent
+    try:
+        server.run()  # until Ctrl-C or SIGTERM (waitress ends its loop); a film being stored is whole or absent
+    finally:
+        app.extensions["xray"]["engine"].flush_exports()  # the last uploads reach results.csv and report.html
     print("edge.serve: stopped; every stored result is kept", file=sys.stderr, flush=True)
     return 0
 

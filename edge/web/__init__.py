@@ -13,7 +13,7 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from flask import Flask, abort, jsonify, render_template, request, session
+from flask import Flask, abort, g, jsonify, render_template, request, session
 from werkzeug.exceptions import HTTPException
 
 from edge.errors import XrayError
@@ -99,6 +99,8 @@ def _guard() -> None:
 
 def _headers(response: Any) -> Any:
     security_headers(response.headers)
+    if "score_ms" in g:  # an upload: the server's time from the file received to its result stored
+        response.headers["Server-Timing"] = f"score;dur={g.score_ms:.1f}"
     return response
 
 

@@ -9,8 +9,13 @@ One ``Engine`` per app. ``submit`` takes the uploaded bytes and the name the pho
 3. under one lock (the interpreter is not thread-safe, and one film at a time keeps the Pi's memory flat)
    and the results folder's OutLock (shared with edge.scan and edge.capture, held only while storing):
    saves the file as ``OUT/uploads/<sha256>.<format>`` (atomically; named by its hash, never by the name
-   sent), runs ``edge.service.scan_one`` (the scan's own scoring, CAM, overlays and store row), and
-   rebuilds results.csv, results.jsonl and report.html (edge.report.export_all), so the next report lists it.
+   sent) and runs ``edge.service.scan_one`` (the scan's own scoring, CAM, overlays and store row): the result
+   is committed before the page answers.
+4. results.csv, results.jsonl and report.html (edge.report.export_all) are rebuilt from the store by a
+   background thread, a moment after the last upload (a burst of uploads is one rebuild), and before any
+   download of them and at shutdown (``flush_exports``). Rebuilding them costs time in proportion to the
+   whole store, so doing it inside each upload would make every upload slower than the last; a kill before
+   the rebuild loses nothing (the store has the result, and the next scan or start of the app rebuilds them).
 
 The name sent is only ever text shown to people (the row's ``film_path`` is ``upload/<name>``).
 """
@@ -19,7 +24,9 @@ from __future__ import annotations
 
 import hashlib
 import io
+import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +36,7 @@ from PIL import Image
 
 from edge.capture import check_frame
 from edge.decode import MAX_PIXELS
+from edge.errors import XrayError
 from edge.films import FORMATS, sniff
 from edge.fsio import atomic_write_bytes, output_error, remove_stale_temp_files
 from edge.present import UPLOAD_PREFIX
@@ -42,6 +50,7 @@ __all__ = ["UPLOADS", "UPLOAD_PREFIX", "Engine", "Outcome", "display_name", "is_
 UPLOADS = "uploads"  # OUT/uploads/<sha256>.<format>
 _NAME_MAX = 120
 _LOCK_WAIT = 10.0  # seconds an upload waits for a scan to let go of the folder before it is refused
+_EXPORT_DELAY = 1.0  # seconds after an upload before the exports are rebuilt (uploads meanwhile join in)
 _CAMERA_TAGS = (0x010F, 0x0110)  # EXIF Make, Model
 _READABLE = ", ".join(k.upper() for k in FORMATS if k != "dicom") + " or DICOM"
 
@@ -101,6 +110,9 @@ class Engine:
         self.model, self.explainer, self.out_dir, self.guard = model, explainer, Path(out_dir), guard
         self.keep_uploads = keep_uploads
         self._lock = threading.Lock()
+        self._stale = False  # a stored result is not in the exports yet (guarded by _lock)
+        self._due = threading.Event()  # wakes the exporter
+        self._exporter: threading.Thread | None = None
 
     @property
     def bundle(self) -> Any:
@@ -143,7 +155,37 @@ class Engine:
         row_id = store.result_id(sha, self.bundle.sha256)
         row = store.result(row_id) if row_id is not None else None
         if result is not None:
-            export_all(store, self.out_dir, self.bundle)
+            self.exports_due()
         kind = "stored" if result is not None else "known"
         ok = row is not None and row["status"] == "ok"
         return Outcome(kind, (201 if kind == "stored" else 200) if ok else 422, row_id, row)
+
+    # ------------------------------------------------------------ exports, off the upload's path
+
+    def exports_due(self) -> None:
+        """Ask for results.csv, results.jsonl and report.html to be rebuilt soon (a background thread).
+        Called under ``_lock`` by an upload, or at start (the app's exports may predate results stored last)."""
+        self._stale = True
+        self._due.set()
+        if self._exporter is None or not self._exporter.is_alive():
+            self._exporter = threading.Thread(target=self._export_loop, name="exports", daemon=True)
+            self._exporter.start()
+
+    def _export_loop(self) -> None:
+        while self._due.wait():
+            time.sleep(_EXPORT_DELAY)
+            self._due.clear()
+            try:
+                self.flush_exports()
+            except XrayError as err:  # said once on the server's log; the next upload or download tries again
+                print(f"edge.serve: note: the exports were not rebuilt: {err}", file=sys.stderr, flush=True)
+
+    def flush_exports(self) -> None:
+        """Rebuild the exports now if a stored result is not in them yet (before a download, at shutdown).
+        A failure (a full disk, a scan holding the folder) is raised; the result stays in the store."""
+        with self._lock:
+            if not self._stale:
+                return
+            with OutLock(self.out_dir, wait=_LOCK_WAIT, holder=APP_HOLDER), self.open_store() as store:
+                export_all(store, self.out_dir, self.bundle)
+            self._stale = False

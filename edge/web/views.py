@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from flask import Blueprint, redirect, render_template, request, send_file, session, url_for
+from flask import Blueprint, g, redirect, render_template, request, send_file, session, url_for
 
 from edge.present import PLAIN, model_facts, name_of, refusal, score_lines, source_of, verdict
 from edge.report import DEMO_DISCLAIMER
@@ -39,7 +40,10 @@ def take_upload() -> Outcome:
     if not data:
         raise UserError(400, f"The file {upload.filename!r} is empty.")
     photo = upload is photo_file or request.form.get("photo") in ("1", "on", "true")
-    return engine().submit(data, upload.filename, photo=photo)
+    started = time.perf_counter()  # the upload is received: from here to its result stored (Server-Timing)
+    outcome = engine().submit(data, upload.filename, photo=photo)
+    g.score_ms = (time.perf_counter() - started) * 1000
+    return outcome
 
 
 @pages.get("/")
@@ -124,6 +128,7 @@ def download(kind: str) -> Any:
     if kind not in DOWNLOADS:
         raise UserError(404, "There is no such download.")
     name, mimetype = DOWNLOADS[kind]
+    engine().flush_exports()  # the last uploads in it, even if the background rebuild has not run yet
     path = engine().out_dir / name
     if not path.is_file():
         raise UserError(404, f"There is no {name} yet: it is written after the first film is stored.")

@@ -10,10 +10,12 @@ import shutil
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
+from convert.oddballs import far
 from edge.serve import build_app
 from tests.conftest import skip_or_fail
-from tests.edge.serve_helpers import broken_png, non_film_png, served
+from tests.edge.serve_helpers import broken_png, served
 
 WIDTH = 390
 _OVERFLOW = """
@@ -114,8 +116,8 @@ def test_upload_refusal_failure_and_history_in_a_browser(driver, site, phantom_s
     _fits(driver)
     _shot(driver, "result")
 
-    other = tmp_path / "holiday.png"
-    other.write_bytes(non_film_png())
+    other = tmp_path / "holiday.png"  # a gray page of text: a picture the screen passes and the guard refuses
+    Image.fromarray(next(p for kind, _, p in far(per_kind=1, photos=0) if kind == "text")).convert("L").save(other)
     _upload(driver, site, other)
     assert "Refused" in driver.find_element(By.ID, "message").text  # the scan's guard, not a decoder failure
     _fits(driver)
