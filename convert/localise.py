@@ -25,7 +25,8 @@ import numpy as np
 
 from convert.errors import ConvertError
 
-__all__ = ["BARS", "Box", "cam_figures", "held_out_lesions", "inside", "matched", "pearson", "torch_grad_cam"]
+__all__ = ["BARS", "Box", "cam_figures", "held_out_lesions", "inside", "matched", "pearson", "torch_features",
+           "torch_grad_cam"]
 
 Box = tuple[float, float, float, float]  # x, y, w, h in film pixels
 
@@ -46,17 +47,27 @@ def held_out_lesions(phantom_set: Path, limit: int | None = None) -> dict[str, l
     return dict(sorted(boxes.items())[:limit])
 
 
-def torch_grad_cam(model, x: np.ndarray, label: int, baseline: np.ndarray | None = None) -> np.ndarray:
-    """Autograd Grad-CAM (7×7) of the fp32 PyTorch model on the 224×224×3 uint8 input, with the training
-    normalisation: channel weights are the spatial mean of d logit / dA, cam = ReLU(Σ w (A - B)) for the
-    baseline feature map B (L×H×W×C per label, or H×W×C; none: B = 0)."""
+def torch_features(model, x: np.ndarray):
+    """The fp32 PyTorch model's last feature map for the 224×224×3 uint8 input, with the training normalisation
+    (no autograd: Grad-CAM needs only the head's gradient with respect to it)."""
     import torch
 
     from edge.preprocess import MEAN, STD
 
     t = torch.from_numpy(x).permute(2, 0, 1)[None].float()
     t = (t - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
-    a = model.forward_features(t)
+    with torch.no_grad():
+        return model.forward_features(t)
+
+
+def torch_grad_cam(model, x: np.ndarray, label: int, baseline: np.ndarray | None = None, features=None) -> np.ndarray:
+    """Autograd Grad-CAM (7×7) of the fp32 PyTorch model on the 224×224×3 uint8 input, with the training
+    normalisation: channel weights are the spatial mean of d logit / dA, cam = ReLU(Σ w (A - B)) for the
+    baseline feature map B (L×H×W×C per label, or H×W×C; none: B = 0). ``features``: ``torch_features(model, x)``
+    when already computed (one body pass per film, however many labels)."""
+    import torch
+
+    a = (torch_features(model, x) if features is None else features).detach().requires_grad_(True)
     (grad,) = torch.autograd.grad(model.forward_head(a)[0, label], a)
     if baseline is not None and baseline.ndim == 4:
         baseline = baseline[label]
@@ -142,12 +153,13 @@ def cam_figures(checkpoint: Path, bundle_dir: Path, phantom_set: Path, limit: in
     for name, boxes in lesions.items():
         film = load_film(next(phantom_set.rglob(name)))
         x = preprocess(film)
-        features = model.predict(x).features
+        features, torch_a = model.predict(x).features, torch_features(torch_model, x)
         for label in sorted({label for label, _ in boxes}):  # one CAM per film and label, its peaks
             if label not in labels:
                 raise ConvertError(f"{name}: box label {label!r} is not a model label")
             c = labels.index(label)
-            cam, ref = grad_cam(head, features, c, model.bundle.task), torch_grad_cam(torch_model, x, c, baseline)
+            cam = grad_cam(head, features, c, model.bundle.task)
+            ref = torch_grad_cam(torch_model, x, c, baseline, torch_a)
             peaks = {method: cam_peak(cam, film.shape, method=method) for method in PEAKS}
             tally.add(label, pearson(cam, ref), cam_peaks(cam, film.shape), peaks, cam_peak(ref, film.shape),
                       [box for lab, box in boxes if lab == label])
