@@ -50,6 +50,7 @@ convert: install
 bench: install
 	$(PY) -m convert.bench $(DEMO)/bundle $(DEMO)/run/best.safetensors --json $(DEMO)/bench-convert.json
 	$(PY) -m edge.bench --bundle $(DEMO)/bundle --json $(DEMO)/bench-edge.json
+	$(PY) -m edge.web.bench --bundle $(DEMO)/bundle --json $(DEMO)/bench-app.json
 
 bench-train: install
 	OMP_WAIT_POLICY=PASSIVE $(PY) -m train.bench

@@ -24,6 +24,7 @@ COMMANDS = {
     "edge.capture": ("edge.capture", ["--bundle", "b", "--out", "o"]),
     "edge.bench": ("edge.bench", []),
     "edge.serve": ("edge.serve", ["--bundle", "b", "--out", "o"]),
+    "edge.web.bench": ("edge.web.bench", []),
     "train.__main__": ("train", ["--data", "d", "--out", "o"]),
     "train.evaluate": ("train.evaluate", ["run/best.safetensors", "--data", "d"]),
     "train.phantoms": ("train.phantoms", ["--out", "o", "--patients", "1", "--seed", "0"]),
@@ -43,10 +44,10 @@ ERRORS = [XrayError("plain"), BundleError("b: damaged"), FilmError("a.png", "not
 def _commands_in_tree() -> set[str]:
     found = set()
     for package in ("edge", "train", "convert"):
-        for path in (ROOT / package).glob("*.py"):
+        for path in (ROOT / package).rglob("*.py"):
             tree = ast.parse(path.read_text(encoding="utf-8"))
             if any(isinstance(node, ast.FunctionDef) and node.name == "main" for node in tree.body):
-                found.add(f"{package}.{path.stem}")
+                found.add(".".join(path.relative_to(ROOT).with_suffix("").parts))
     return found
 
 

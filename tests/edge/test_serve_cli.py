@@ -82,3 +82,17 @@ def test_the_app_refuses_unfamiliar_films_with_the_scans_guard(bundle_dir, phant
     assert refused.get_json()["result"]["verdict"] == "refused", refused.get_json()
     assert refused.get_json()["result"]["guard"] == "refused"
     assert scored.status_code == 201 and scored.get_json()["result"]["guard"] == "accepted"
+
+
+def test_the_app_benchmark_measures_every_figure_it_judges(bundle_dir, phantom_set, tmp_path):
+    """edge.web.bench (make bench) on two uploads of the session bundle: the real server answers, and every
+    figure its targets read is measured (the figures themselves are the benchmark's, not this test's)."""
+    from edge.bench import make_films
+    from edge.web.bench import app_figures, scan_ms_per_film, targets
+
+    make_films(sorted((phantom_set / "images").glob("*.png"))[:2], tmp_path / "films", 2)
+    fig = {"scan_ms_per_film": scan_ms_per_film(bundle_dir, tmp_path / "films", tmp_path)}
+    fig.update(app_figures(bundle_dir, tmp_path / "films", tmp_path, 2))
+    assert fig["app_uploads"] == 2 and fig["app_upload_server_ms_median"] > 0 and fig["app_result_page_kb"] > 1
+    assert fig["app_rss_idle_mib"] > 10 and fig["app_rss_peak_mib"] >= fig["app_rss_end_mib"]
+    assert [name for name, _, _ in targets(fig)][0].startswith("upload -> result")
