@@ -43,7 +43,26 @@ def _parser() -> argparse.ArgumentParser:
                    help="do not keep uploaded films in OUT/uploads (their results, heatmaps and exports are kept)")
     p.add_argument("--threads", type=positive, default=8, help="server threads (inference runs one film at a time)")
     p.add_argument("--device", choices=DEVICES, default="auto")
+    p.add_argument("--camera", choices=("auto", "off", "on"), default="auto",
+                   help="Pi camera capture from the page: auto (when picamera2 finds a camera), on (a missing "
+                        "camera is an error), off")
+    p.add_argument("--camera-index", type=int, default=0)
     return p
+
+
+def open_page_camera(mode: str, index: int) -> Any:
+    """The Pi camera for the pages, or None: ``auto`` quietly goes without one (not a Pi, no camera module)."""
+    if mode == "off":
+        return None
+    from edge.capture import open_camera
+    from edge.errors import RuntimeMissingError
+
+    try:
+        return open_camera(index, preview=False)
+    except RuntimeMissingError:
+        if mode == "on":
+            raise
+        return None
 
 
 def build_app(args: argparse.Namespace) -> tuple[Any, str, bool]:
@@ -64,7 +83,8 @@ def build_app(args: argparse.Namespace) -> tuple[Any, str, bool]:
     with Store(out / DB_NAME) as store:  # the folder is writable and its database opens: said now, not at an upload
         stored = store.count()
     engine = Engine(model, CamExplainer(model.bundle, getattr(model, "head", None)), out,
-                    keep_uploads=not args.no_keep_uploads, guard=guard)
+                    keep_uploads=not args.no_keep_uploads, guard=guard,
+                    camera=open_page_camera(getattr(args, "camera", "off"), getattr(args, "camera_index", 0)))
     if stored:
         engine.exports_due()  # results stored after the exports last ran (a kill, a full disk) reach them
     require = not is_loopback(args.host)
@@ -94,10 +114,14 @@ def _run(args: argparse.Namespace) -> int:
     if app.extensions["xray"]["engine"].bundle.is_demo:
         print(f"*** {DEMO_DISCLAIMER} ***", flush=True)
     signal.signal(signal.SIGTERM, _interrupt)  # a service manager's stop: as Ctrl-C
+    engine = app.extensions["xray"]["engine"]
+    if engine.camera is not None:
+        print(f"Pi camera: photograph films from the page ({_url(args.host, port)}camera)", flush=True)
     try:
         server.run()  # until Ctrl-C or SIGTERM (waitress ends its loop); a film being stored is whole or absent
     finally:
-        app.extensions["xray"]["engine"].flush_exports()  # the last uploads reach results.csv and report.html
+        engine.flush_exports()  # the last uploads reach results.csv and report.html
+        getattr(engine.camera, "close", lambda: None)()
     print("edge.serve: stopped; every stored result is kept", file=sys.stderr, flush=True)
     return 0
 

@@ -17,6 +17,10 @@ One ``Engine`` per app. ``submit`` takes the uploaded bytes and the name the pho
    whole store, so doing it inside each upload would make every upload slower than the last; a kill before
    the rebuild loses nothing (the store has the result, and the next scan or start of the app rebuilds them).
 
+The Pi camera (when the device has one) is the page's too: ``camera_shot`` grabs a frame and runs
+edge.capture's checks, the page shows it with what is wrong (retake) or a keep button, and ``keep_shot`` saves
+it as edge.capture saves its captures (OUT/captures/capture-….png) and scores it by the same path.
+
 The name sent is only ever text shown to people (the row's ``film_path`` is ``upload/<name>``).
 """
 
@@ -24,9 +28,11 @@ from __future__ import annotations
 
 import hashlib
 import io
+import secrets
 import sys
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +40,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from edge.capture import check_frame
+from edge.capture import check_frame, save_capture
 from edge.decode import MAX_PIXELS
 from edge.errors import XrayError
 from edge.films import FORMATS, sniff
@@ -45,14 +51,30 @@ from edge.report import export_all
 from edge.service import ScanContext, scan_one
 from edge.store import APP_HOLDER, DB_NAME, OutLock, Store
 
-__all__ = ["UPLOADS", "UPLOAD_PREFIX", "Engine", "Outcome", "display_name", "is_photo"]
+__all__ = ["UPLOADS", "UPLOAD_PREFIX", "CameraError", "Engine", "Outcome", "Shot", "display_name", "is_photo"]
 
 UPLOADS = "uploads"  # OUT/uploads/<sha256>.<format>
 _NAME_MAX = 120
 _LOCK_WAIT = 10.0  # seconds an upload waits for a scan to let go of the folder before it is refused
+_PREVIEW_SIDE = 960  # px, the longer side of a camera preview sent to the page
+_SHOTS_KEPT = 4  # camera frames kept for "keep" at a time (one per person taking pictures)
 _EXPORT_DELAY = 1.0  # seconds after an upload before the exports are rebuilt (uploads meanwhile join in)
 _CAMERA_TAGS = (0x010F, 0x0110)  # EXIF Make, Model
 _READABLE = ", ".join(k.upper() for k in FORMATS if k != "dicom") + " or DICOM"
+
+
+class CameraError(XrayError):
+    """No Pi camera, or one that does not answer."""
+
+
+@dataclass
+class Shot:
+    """A frame from the Pi camera: its preview (JPEG), the trimmed gray film when the checks passed, else why not."""
+
+    token: str
+    preview: bytes
+    film: np.ndarray | None
+    problems: list[str]
 
 
 @dataclass
@@ -105,8 +127,13 @@ def _photo_film(data: bytes) -> tuple[bytes | None, list[str]]:
 class Engine:
     """The loaded model and the results folder; ``submit`` is safe to call from many threads."""
 
-    def __init__(self, model: Any, explainer: Any, out_dir: Path, *, keep_uploads: bool = True, guard: Any = None):
-        """``guard``: the bundle's out-of-distribution guard (edge.novelty.load_guard), as edge.scan uses it."""
+    def __init__(self, model: Any, explainer: Any, out_dir: Path, *, keep_uploads: bool = True, guard: Any = None,
+                 camera: Any = None):
+        """``guard``: the bundle's out-of-distribution guard (edge.novelty.load_guard), as edge.scan uses it;
+        ``camera``: a Pi camera (edge.capture.Camera) the pages can capture from, or None."""
+        self.camera = camera
+        self._camera_lock = threading.Lock()
+        self._shots: OrderedDict[str, Shot] = OrderedDict()
         self.model, self.explainer, self.out_dir, self.guard = model, explainer, Path(out_dir), guard
         self.keep_uploads = keep_uploads
         self._lock = threading.Lock()
@@ -145,20 +172,62 @@ class Engine:
                 atomic_write_bytes(path, data)
         except OSError as err:
             raise output_error(folder, err, "keep the upload") from None
-        ctx = ScanContext(model=self.model, explainer=self.explainer, store=store, out_dir=self.out_dir,
-                          guard=self.guard)
         try:
-            _, result = scan_one(path, ctx, shown=UPLOAD_PREFIX + name)
+            return self._score(store, path, UPLOAD_PREFIX + name)
         finally:
             if not self.keep_uploads:
                 path.unlink(missing_ok=True)
-        row_id = store.result_id(sha, self.bundle.sha256)
+
+    def _score(self, store: Store, path: Path, shown: str | None) -> Outcome:
+        """The scan's own path for one stored file (edge.service.scan_one), and what became of it."""
+        ctx = ScanContext(model=self.model, explainer=self.explainer, store=store, out_dir=self.out_dir,
+                          guard=self.guard)
+        prepared, result = scan_one(path, ctx, shown=shown)
+        row_id = store.result_id(prepared.sha, self.bundle.sha256) if prepared.sha else None
         row = store.result(row_id) if row_id is not None else None
         if result is not None:
             self.exports_due()
         kind = "stored" if result is not None else "known"
         ok = row is not None and row["status"] == "ok"
         return Outcome(kind, (201 if kind == "stored" else 200) if ok else 422, row_id, row)
+
+    # ------------------------------------------------------------ the Pi camera, from the page
+
+    def camera_shot(self) -> Shot:
+        """A frame from the Pi camera and edge.capture's checks of it, kept (a few at a time) until it is kept or
+        retaken; raises CameraError when there is no camera or it does not answer."""
+        if self.camera is None:
+            raise CameraError("there is no Pi camera on this device")
+        with self._camera_lock:
+            try:
+                frame = self.camera.capture_array()
+            except Exception as err:  # noqa: BLE001 - a camera that fails is a message, not a crash
+                raise CameraError(f"the camera did not answer ({type(err).__name__}: {err})") from None
+            film, problems = check_frame(frame)
+            preview = Image.fromarray(np.asarray(frame)[..., :3] if np.asarray(frame).ndim == 3 else frame)
+            preview.thumbnail((_PREVIEW_SIDE, _PREVIEW_SIDE))
+            buf = io.BytesIO()
+            preview.convert("RGB").save(buf, format="JPEG", quality=85)
+            shot = Shot(secrets.token_urlsafe(16), buf.getvalue(), None if problems else film, problems)
+            self._shots[shot.token] = shot
+            while len(self._shots) > _SHOTS_KEPT:
+                self._shots.popitem(last=False)
+            return shot
+
+    def shot(self, token: str) -> Shot | None:
+        with self._camera_lock:
+            return self._shots.get(token)
+
+    def keep_shot(self, token: str) -> Outcome:
+        """Save a shot that passed the checks as edge.capture saves its captures (OUT/captures) and score it."""
+        with self._camera_lock:
+            shot = self._shots.pop(token, None)
+        if shot is None:
+            return Outcome("refused", 410, problems=["that picture is no longer kept: take another"])
+        if shot.film is None:
+            return Outcome("refused", 422, problems=shot.problems)
+        with self._lock, OutLock(self.out_dir, wait=_LOCK_WAIT, holder=APP_HOLDER), self.open_store() as store:
+            return self._score(store, save_capture(self.out_dir, shot.film), None)
 
     # ------------------------------------------------------------ exports, off the upload's path
 

@@ -8,13 +8,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from flask import Blueprint, g, redirect, render_template, request, send_file, session, url_for
+from flask import Blueprint, g, make_response, redirect, render_template, request, send_file, session, url_for
 
 from edge.present import PLAIN, model_facts, name_of, refusal, score_lines, source_of, verdict
 from edge.report import DEMO_DISCLAIMER
 from edge.store import OVERLAYS
 from edge.web import UserError, state
-from edge.web.engine import Engine, Outcome
+from edge.web.engine import CameraError, Engine, Outcome
 from edge.web.security import code_matches, new_token
 
 __all__ = ["PAGE_SIZE", "SHOWS", "engine", "find_result", "overlay_path", "page_number", "pages", "take_upload"]
@@ -48,7 +48,7 @@ def take_upload() -> Outcome:
 
 @pages.get("/")
 def upload_page() -> Any:
-    return render_template("upload.html", accept="image/*,.dcm,application/dicom")
+    return render_template("upload.html", accept="image/*,.dcm,application/dicom", camera=engine().camera is not None)
 
 
 @pages.post("/upload")
@@ -56,7 +56,7 @@ def upload() -> Any:
     outcome = take_upload()
     if outcome.row is None:
         return render_template("upload.html", accept="image/*,.dcm,application/dicom",
-                               problems=outcome.problems), outcome.status
+                               camera=engine().camera is not None, problems=outcome.problems), outcome.status
     if outcome.status >= 400:  # stored, but the file could not be read: say why, here
         return _result_page(outcome.row, status=outcome.status, known=False)
     return redirect(url_for("pages.result", row_id=outcome.row_id, known=int(outcome.kind == "known")), 303)
@@ -161,3 +161,35 @@ def login() -> Any:
     session.clear()
     session["auth"], session["csrf"] = True, new_token()
     return redirect(_safe_next(request.form.get("next")), 303)
+
+
+# ---------------------------------------------------------------- the Pi camera
+
+@pages.get("/camera")
+def camera() -> Any:
+    """A new frame from the Pi camera, with edge.capture's checks: what is wrong (retake), or keep it."""
+    try:
+        shot = engine().camera_shot()
+    except CameraError as err:
+        raise UserError(404 if engine().camera is None else 503, f"{str(err).capitalize()}.") from None
+    return render_template("camera.html", shot=shot)
+
+
+@pages.get("/camera/<token>.jpg")
+def camera_preview(token: str) -> Any:
+    shot = engine().shot(token)
+    if shot is None:
+        raise UserError(404, "That picture is no longer kept: take another.")
+    response = make_response(shot.preview)
+    response.headers.update({"Content-Type": "image/jpeg", "Cache-Control": "no-store"})
+    return response
+
+
+@pages.post("/camera/keep")
+def camera_keep() -> Any:
+    outcome = engine().keep_shot(request.form.get("token", "")[:64])
+    if outcome.row is None:
+        return render_template("camera.html", shot=None, problems=outcome.problems), outcome.status
+    if outcome.status >= 400:
+        return _result_page(outcome.row, status=outcome.status, known=False)
+    return redirect(url_for("pages.result", row_id=outcome.row_id, known=int(outcome.kind == "known")), 303)

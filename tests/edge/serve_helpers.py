@@ -48,9 +48,9 @@ def broken_png() -> bytes:
 
 
 def fake_app(out: Path, *, require_code: bool = False, clock: Any = None, max_mb: int = 100,
-             keep_uploads: bool = True) -> tuple[Any, Engine, str]:
+             keep_uploads: bool = True, camera: Any = None) -> tuple[Any, Engine, str]:
     bundle = fake_bundle(out / "bundle")
-    engine = Engine(FakeModel(bundle), FakeExplainer(), out, keep_uploads=keep_uploads)
+    engine = Engine(FakeModel(bundle), FakeExplainer(), out, keep_uploads=keep_uploads, camera=camera)
     code = access_code(out)
     app = create_app(engine, code=code, require_code=require_code, max_mb=max_mb,
                      throttle=Throttle(clock) if clock else None)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import stat
 from concurrent.futures import ThreadPoolExecutor
 
@@ -320,3 +321,52 @@ def test_the_exports_catch_up_in_the_background(tmp_path):
         while time.monotonic() < deadline and not (report.is_file() and "later.png" in report.read_text()):
             time.sleep(0.1)
     assert "later.png" in report.read_text() and "later.png" in (tmp_path / "out" / "results.csv").read_text()
+
+
+# ---------------------------------------------------------------- the Pi camera from the page
+
+def _camera_client(tmp_path, test_data, frames):
+    from edge.films import load_film
+    from tests.edge.test_capture import FakeCamera, photo
+
+    film = load_film(test_data / "nih-images" / "00000001_000.png")
+    camera = FakeCamera([photo(film, **kw) for kw in frames])
+    app, engine, _ = fake_app(tmp_path / "out", camera=camera)
+    return app.test_client(), engine
+
+
+def test_without_a_camera_the_page_offers_none(client):
+    assert 'id="camera"' not in client.get("/").text
+    assert client.get("/camera").status_code == 404
+
+
+def test_camera_retake_then_keep_scores_the_capture(tmp_path, test_data):
+    """A blurred frame says why and offers only a retake; a good one is kept (CSRF), saved as edge.capture saves
+    its captures and scored by the same path, and its result says it came from the camera."""
+    client, _ = _camera_client(tmp_path, test_data, [{"blur": 6}, {}])
+    assert 'id="camera"' in client.get("/").text
+    blurred = client.get("/camera")
+    assert blurred.status_code == 200 and "blurred" in blurred.text and 'id="keep"' not in blurred.text
+    good = client.get("/camera")
+    assert 'id="keep"' in good.text and "checks passed" in good.text
+    token = re.search(r'name="token" value="([^"]+)"', good.text).group(1)
+    preview = client.get(f"/camera/{token}.jpg")
+    assert preview.status_code == 200 and preview.data.startswith(b"\xff\xd8")
+    assert client.post("/camera/keep", data={"token": token}).status_code == 403  # no CSRF token
+    kept = client.post("/camera/keep", data={"token": token, "csrf_token": csrf(client)})
+    assert kept.status_code == 303
+    row = client.get(kept.headers["Location"].split("?")[0].replace("/results/", "/api/results/")).json
+    assert row["source"] == "camera" and row["status"] == "ok"
+    assert len(list((tmp_path / "out" / "captures").glob("capture-*.png"))) == 1
+    again = client.post("/camera/keep", data={"token": token, "csrf_token": csrf(client)})
+    assert again.status_code == 410 and "take another" in again.text  # a shot is kept once
+
+
+def test_a_camera_that_fails_is_a_message(tmp_path):
+    class Broken:
+        def capture_array(self):
+            raise RuntimeError("Camera frontend has timed out!")
+
+    client = fake_app(tmp_path / "out", camera=Broken())[0].test_client()
+    page = client.get("/camera")
+    assert page.status_code == 503 and "did not answer" in page.text and "Traceback" not in page.text

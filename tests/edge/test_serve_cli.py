@@ -3,6 +3,7 @@ real bundle, stops on SIGTERM keeping every result; bad arguments and bundles ar
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import signal
@@ -10,6 +11,8 @@ import subprocess
 import sys
 import urllib.request
 from pathlib import Path
+
+import pytest
 
 from edge.serve import main
 
@@ -96,3 +99,11 @@ def test_the_app_benchmark_measures_every_figure_it_judges(bundle_dir, phantom_s
     assert fig["app_uploads"] == 2 and fig["app_upload_server_ms_median"] > 0 and fig["app_result_page_kb"] > 1
     assert fig["app_rss_idle_mib"] > 10 and fig["app_rss_peak_mib"] >= fig["app_rss_end_mib"]
     assert [name for name, _, _ in targets(fig)][0].startswith("upload -> result")
+
+
+def test_camera_on_without_picamera2_is_a_one_line_error(bundle_dir, tmp_path, capsys):
+    if importlib.util.find_spec("picamera2") is not None:
+        pytest.skip("picamera2 is installed here")
+    assert main(["--bundle", str(bundle_dir), "--out", str(tmp_path / "o"), "--camera", "on", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "picamera2 is not installed" in err and "Traceback" not in err
