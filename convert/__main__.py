@@ -1,5 +1,8 @@
 """``python -m convert CKPT --data DIR --out BUNDLE``: a training checkpoint -> a verified model bundle.
 
+``--films DIR`` instead of ``--data``: any folder of films without labels (an imported model's usual case,
+convert.importer): calibration, fidelity, CAM baseline and guard from those films, no AUROC check.
+
 Exit codes: 0 bundle written; 2 a problem the user can act on (one line on stderr: missing or
 damaged checkpoint, another architecture or label set, too few or unreadable films, fidelity
 below the limits, model too large, full disk, existing bundle without --force).

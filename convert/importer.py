@@ -15,7 +15,9 @@ Layouts (``LAYOUTS``), read from the public code that writes each file:
   ``denselayer1.norm.1``) whose classifier is ``Sequential(Linear(1024, 14), Sigmoid())`` (``classifier.0``);
   its 14 labels in CLASS_NAMES order (NIH's). Evaluated resized to 256 with ten 224 crops averaged.
 * ``torchvision``: a plain ``torchvision.models.densenet121`` state dict whose classifier was replaced by a
-  ``Linear(1024, n)`` (``classifier.weight``/``bias``); ``--labels`` in output order is required.
+  ``Linear(1024, n)`` (``classifier.weight``/``bias``, or ``classifier.0.*`` for ``Sequential(Linear, Sigmoid)``,
+  as jrzech/reproduce-chexnet builds it: that project pickles the whole model, so its users save the
+  ``state_dict()`` first); ``--labels`` in output order is required.
 
 Old ``norm.1``-style names are renamed as torchvision's ``_load_state_dict`` does, a ``module.`` prefix
 (DataParallel) is dropped, and every tensor's name and shape is checked against this project's DenseNet-121:
@@ -74,12 +76,9 @@ def _features(key: str) -> str | None:
 
 
 def _rename_torchvision(state: dict, path: Path) -> dict:
-    out = {}
-    for key, value in state.items():
-        new = _features(key) or {"classifier.weight": "head.classifier.weight",
-                                 "classifier.bias": "head.classifier.bias"}.get(key, key)
-        out[new] = value
-    return out
+    # classifier.0: a Linear inside Sequential(Linear, Sigmoid), as jrzech/reproduce-chexnet and CheXNet code build it
+    names = {f"classifier.{i}{p}": f"head.classifier.{p}" for i in ("", "0.") for p in ("weight", "bias")}
+    return {_features(key) or names.get(key, key): value for key, value in state.items()}
 
 
 def _rename_chexnet(state: dict, path: Path) -> dict:
@@ -262,8 +261,12 @@ def import_weights(kind: str, path: str | Path, out: str | Path, labels: list[st
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m convert.importer", description=__doc__.splitlines()[0])
-    p.add_argument("kind", choices=sorted(LAYOUTS), help="the file's layout (see the module documentation)")
+    epilog = "layouts:\n" + "\n".join(f"  {kind}: {lay.reference}; labels: "
+                                       f"{'its own ' + str(len(lay.labels)) if lay.labels else '--labels'}"
+                                       for kind, lay in sorted(LAYOUTS.items()))
+    p = argparse.ArgumentParser(prog="python -m convert.importer", description=__doc__.splitlines()[0], epilog=epilog,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("kind", choices=sorted(LAYOUTS), help="the file's layout (below)")
     p.add_argument("file", type=Path, help="the published weights file (.pth, .pth.tar)")
     p.add_argument("--out", type=Path, required=True, help="checkpoint to write (*.safetensors)")
     p.add_argument("--labels", nargs="+", help="the outputs' labels in order (required for fastai and torchvision; "

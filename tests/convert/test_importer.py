@@ -242,6 +242,16 @@ def test_refusals_name_the_file_and_the_problem(torchvision_state, tmp_path, cap
     assert str(tmp_path / "tv.pth") in err and "--labels" in err
 
 
+def test_torchvision_classifier_inside_a_sequential(torchvision_state, tmp_path):
+    """jrzech/reproduce-chexnet's classifier, Sequential(Linear, Sigmoid), once its state_dict() is saved."""
+    state = {k.replace("classifier.", "classifier.0."): v for k, v in torchvision_state.items()}
+    torch.save(state, tmp_path / "jrzech.pth")
+    import_weights("torchvision", tmp_path / "jrzech.pth", tmp_path / "c.safetensors", ["A", "B", "C"])
+    loaded, meta = load_checkpoint(tmp_path / "c.safetensors")
+    assert torch.equal(loaded["head.classifier.weight"], torchvision_state["classifier.weight"])
+    assert meta["source"]["normalisation"]["from"].startswith("assumed")
+
+
 def test_chexnet_crop_evaluation_is_refused_unless_accepted(tmp_path):
     torch.save({"state_dict": {}}, tmp_path / "model.pth.tar")
     with pytest.raises(ConvertError, match=r"model\.pth\.tar: .*TenCrop.*--accept-whole-film"):
