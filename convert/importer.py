@@ -207,7 +207,8 @@ def _labels(layout: Layout, given: list[str] | None, n: int, path: Path) -> tupl
                            f"names in order (fastai v1: print(learn.data.classes))")
     labels, origin = (list(given), "given by the user") if given is not None else (list(layout.labels), "the layout's")
     if len(labels) != n:
-        raise ConvertError(f"{path}: the classifier has {n} outputs but {len(labels)} labels were given")
+        raise ConvertError(f"{path}: the classifier has {n} outputs but {len(labels)} labels were given"
+                           + ("" if given is not None else f" (the {len(labels)} of this layout; pass --labels)"))
     if len(set(labels)) != len(labels) or not all(labels):
         raise ConvertError(f"{path}: the labels must be distinct and non-empty, got {labels}")
     return labels, origin

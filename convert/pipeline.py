@@ -94,16 +94,17 @@ class Artifacts:
     held_features: np.ndarray | None = None  # the int8 model's features of the held-out films
     guard: Guard | None = None  # the out-of-distribution guard (convert.novelty)
     novelty: dict | None = None  # bundle.json's novelty entry
-    runs: dict = field(default_factory=dict)  # (model file, films) -> tflite_run outputs: --films reuses them
+    runs: dict = field(default_factory=dict)  # (model, films) -> tflite_run outputs of films used more than once
 
 
 def _tflite_outputs(a: Artifacts, kind: str, films: FilmSet) -> tuple[np.ndarray, np.ndarray]:
-    """``tflite_run`` of the int8 or fp32 model on a film set, once per set (--films: calibration = held out)."""
+    """``tflite_run`` of the int8 or fp32 model on a film set, once: the calibration films' outputs are kept (the
+    thresholds and the head use them; with --films they are the held-out films too), the held-out films' are not."""
     from convert.tflite import tflite_run
 
     key = (kind, id(films))
     out = a.runs.get(key) or tflite_run(getattr(a, kind), films.images)
-    if not a.labelled:  # kept only when the same films come back (NIH layout: other films, no need to hold them)
+    if films is a.cal:
         a.runs[key] = out
     return out
 
