@@ -122,8 +122,8 @@ LAYOUTS: dict[str, Layout] = {
         geometry="arnoweng/CheXNet: Resize(256), TenCrop(224), ImageNet normalisation on pixels / 255, scores "
                  "averaged over the ten crops",
         whole_film=False, reference="arnoweng/CheXNet model.py (DenseNet121 wrapper, DataParallel, CLASS_NAMES)",
-        published={"macro_auroc": 0.847, "split": "the source's own split of ChestX-ray14, not NIH's official "
-                                                  "test list"}),
+        published={"macro_auroc": 0.847, "split": "the test list the source's repository ships, not necessarily "
+                                                  "NIH's official one"}),
     "torchvision": Layout(
         head="chexnet", container=None, rename=_rename_torchvision, labels=None, normalisation=None,
         geometry="stated by the user: whole film resized to 224 (edge's input), normalised with --normalise",
