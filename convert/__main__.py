@@ -1,5 +1,8 @@
 """``python -m convert CKPT --data DIR --out BUNDLE``: a training checkpoint -> a verified model bundle.
 
+``--films DIR`` instead of ``--data``: any folder of films without labels (an imported model's usual case,
+convert.importer): calibration, fidelity, CAM baseline and guard from those films, no AUROC check.
+
 Exit codes: 0 bundle written; 2 a problem the user can act on (one line on stderr: missing or
 damaged checkpoint, another architecture or label set, too few or unreadable films, fidelity
 below the limits, model too large, full disk, existing bundle without --force).
@@ -25,10 +28,14 @@ _DEFAULTS = {f.name: f.default_factory() if f.default_factory is not dataclasses
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m convert", description=__doc__.splitlines()[0])
-    p.add_argument("checkpoint", type=Path, help="train checkpoint (*.safetensors)")
-    p.add_argument("--data", type=Path, required=True,
-                   help="the NIH-layout data folder it was trained on (calibration: validation films, "
-                        "fidelity: test films)")
+    p.add_argument("checkpoint", type=Path, help="train checkpoint (*.safetensors), or one convert.importer wrote")
+    films = p.add_mutually_exclusive_group(required=True)
+    films.add_argument("--data", type=Path,
+                       help="the NIH-layout data folder it was trained on (calibration: validation films, "
+                            "fidelity: test films, guard: training films; the AUROC checks run)")
+    films.add_argument("--films", type=Path,
+                       help="any folder of films, no labels: calibration, int8-vs-fp32 agreement, CAM baseline and "
+                            "the guard all from these films (up to --calibration of them); no AUROC check")
     p.add_argument("--out", type=Path, required=True, help="bundle folder to write")
     p.add_argument("--calibration", type=int, default=_DEFAULTS["calibration"], metavar="N",
                    help="calibration films (default %(default)s)")
@@ -72,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-guard", dest="guard", action="store_false",
                    help="no out-of-distribution guard (edge then scores every film, as before)")
     p.add_argument("--seed", type=int, default=_DEFAULTS["seed"], help="film selection seed")
-    p.add_argument("--verbose", action="store_true", help="show onnx2tf's own output")
+    p.add_argument("--verbose", action="store_true",
+                   help="show onnx2tf's, TensorFlow's and absl's own output (hidden otherwise)")
     return p
 
 
@@ -91,8 +99,10 @@ def _options(args: argparse.Namespace):
 
 def _run(args: argparse.Namespace) -> int:
     from convert.pipeline import convert
+    from convert.quiet import native_stderr_hidden
 
-    timings = convert(_options(args))
+    with native_stderr_hidden(not args.verbose):
+        timings = convert(_options(args))
     print(f"bundle written to {args.out} in {timings['total']:.0f} s")
     return 0
 

@@ -8,6 +8,9 @@ task, validation fraction, seed and split recorded in the checkpoint's ``meta["d
 * Held-out films for the fidelity report come from the **test** split, never used for
   calibration (and never seen in training).
 
+* Any folder of films without labels (``folder_films``, ``python -m convert --films``): up to N films found
+  as edge.scan finds them, chosen at random (seeded) when there are more; their targets are all zero.
+
 Every film goes through ``edge.films.load_film`` and ``edge.preprocess.preprocess``, exactly as
 on the Pi. Unreadable films are all named in one error.
 """
@@ -22,7 +25,7 @@ import numpy as np
 
 from convert.errors import ConvertError
 
-__all__ = ["MIN_FILMS", "FilmSet", "load_films", "pick_covering", "split_films", "guard_films"]
+__all__ = ["MIN_FILMS", "FilmSet", "folder_films", "load_films", "pick_covering", "split_films", "guard_films"]
 
 MIN_FILMS = 8
 
@@ -128,3 +131,21 @@ def guard_films(data_dir: str | Path, meta: dict, n: int, seed: int = 0) -> tupl
                                f"convert with --no-guard to make a bundle without one")
     return tuple(_subset(part, pick_covering(np.stack([f.target for f in part]), n, seed))
                  for part in (ds.train, ds.val))
+
+
+def folder_films(folder: str | Path, n_labels: int, n: int, seed: int = 0) -> FilmSet:
+    """Up to ``n`` films of ``folder`` (found by edge.walk, as edge.scan finds them), preprocessed; no labels
+    (targets all zero). ConvertError when there are fewer than MIN_FILMS or any cannot be read."""
+    from edge.walk import collect
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ConvertError(f"{folder}: no such folder of films")
+    paths, _ = collect([folder])
+    if len(paths) < MIN_FILMS:
+        raise ConvertError(f"{folder}: too few films: {len(paths)} found, at least {MIN_FILMS} are needed")
+    if len(paths) > n:
+        keep = np.random.default_rng(seed).choice(len(paths), n, replace=False)
+        paths = [paths[i] for i in sorted(keep)]
+    names = [str(p.relative_to(folder)) if p.is_relative_to(folder) else p.name for p in paths]
+    return FilmSet(load_films(paths), names, np.zeros((len(paths), n_labels), np.float32))

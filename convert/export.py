@@ -1,7 +1,9 @@
 """PyTorch checkpoint -> ONNX, with the normalisation folded into the network.
 
 The exported network takes raw pixels as ``edge.preprocess.preprocess`` makes them
-(1×224×224×3, NHWC, 0-255) and returns two outputs:
+(1×224×224×3, NHWC, 0-255), normalises them inside (``(x - mean) / std`` per channel: ImageNet's
+statistics, ``edge.preprocess.MEAN``/``STD``, unless the checkpoint says its source used others,
+meta ``normalisation``; convert.importer), and returns two outputs:
 
 ``scores``    1×L: sigmoid of the logits (``multilabel``) or softmax (``one_vs_all``)
 ``features``  1×7×7×1024 (NHWC): the last feature map A, after the final ReLU, for the CAM
@@ -50,20 +52,30 @@ import numpy as np
 
 from edge.bundle import TASK_ACTIVATION
 
-__all__ = ["INPUT_NAME", "OUTPUT_NAMES", "export_onnx", "int8_friendly", "make_wrapper", "onnx_run", "torch_run"]
+__all__ = ["INPUT_NAME", "OUTPUT_NAMES", "export_onnx", "int8_friendly", "make_wrapper", "normalisation_of", "onnx_run",
+           "torch_run"]
 
 INPUT_NAME = "pixels"
 OUTPUT_NAMES = ("scores", "features")
 OPSET = 17
 
 
-def make_wrapper(model, task: str):
-    """An nn.Module: NHWC raw pixels (uint8 or float) -> (scores, NHWC features)."""
+def normalisation_of(meta: dict) -> tuple[list[float], list[float]]:
+    """(mean, std) on the 0-255 scale the network's input is normalised with: the checkpoint's own
+    ``normalisation`` (an imported model's source) or edge's ImageNet statistics."""
+    from edge.preprocess import MEAN, STD
+
+    norm = meta.get("normalisation") or {"mean": MEAN, "std": STD}
+    return [float(v) for v in norm["mean"]], [float(v) for v in norm["std"]]
+
+
+def make_wrapper(model, task: str, normalisation: tuple | None = None):
+    """An nn.Module: NHWC raw pixels (uint8 or float) -> (scores, NHWC features); ``normalisation``:
+    (mean, std) on 0-255, default edge's ImageNet statistics."""
     import torch
     from torch import nn
 
-    from edge.preprocess import MEAN, STD
-
+    mean, std = normalisation or normalisation_of({})
     if task not in TASK_ACTIVATION:  # the bundle contract's table: plain data, looked up, never an if-chain
         raise ValueError(f"unknown task {task!r}; expected one of {sorted(TASK_ACTIVATION)}")
     activation = TASK_ACTIVATION[task]
@@ -72,8 +84,8 @@ def make_wrapper(model, task: str):
         def __init__(self) -> None:
             super().__init__()
             self.net = model
-            self.register_buffer("mean", torch.tensor(MEAN, dtype=torch.float32).view(1, 3, 1, 1))
-            self.register_buffer("inv_std", 1.0 / torch.tensor(STD, dtype=torch.float32).view(1, 3, 1, 1))
+            self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
+            self.register_buffer("inv_std", 1.0 / torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
 
         def forward(self, pixels: torch.Tensor):
             x = pixels.permute(0, 3, 1, 2).to(torch.float32)
@@ -193,12 +205,12 @@ def _zero_pad_relu_maxpools(model) -> int:
 
 
 def export_onnx(model, task: str, path: str | Path, input_dtype: str = "uint8", size: int = 224,
-                depthwise_bn: bool = True) -> Path:
+                depthwise_bn: bool = True, normalisation: tuple | None = None) -> Path:
     """Export the wrapped ``model`` (eval mode) to ``path``; static shapes, batch 1."""
     import torch
 
     path = Path(path)
-    wrapper = make_wrapper(int8_friendly(model, depthwise_bn), task)
+    wrapper = make_wrapper(int8_friendly(model, depthwise_bn), task, normalisation)
     dtype = {"uint8": torch.uint8, "float32": torch.float32}[input_dtype]
     example = torch.zeros((1, size, size, 3), dtype=dtype)
     with torch.no_grad():
@@ -213,11 +225,12 @@ def export_onnx(model, task: str, path: str | Path, input_dtype: str = "uint8", 
     return path
 
 
-def torch_run(model, task: str, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def torch_run(model, task: str, images: np.ndarray,
+              normalisation: tuple | None = None) -> tuple[np.ndarray, np.ndarray]:
     """PyTorch fp32 reference outputs (scores N×L, features N×7×7×C) for N×224×224×3 uint8 images."""
     import torch
 
-    wrapper = make_wrapper(model, task)
+    wrapper = make_wrapper(model, task, normalisation)
     scores, feats = [], []
     with torch.no_grad():
         for img in images:

@@ -17,14 +17,16 @@ Computed on held-out films never used for calibration (convert.calibrate):
   features).
 
 ``check`` compares a report with ``LIMITS`` (overridable on the command line) and returns the
-failures; convert refuses to write a bundle when there are any.
+failures; convert refuses to write a bundle when there are any. Films without labels (``python -m convert
+--films``): the AUROC figures cannot be computed and are not checked; ``checks`` in the report says which
+ran (score and decision agreement always do).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["LIMITS", "auroc", "check", "compare_float", "compare_quantised", "report"]
+__all__ = ["LIMITS", "auroc", "check", "compare_float", "compare_quantised", "report", "summary_lines"]
 
 # name -> (path in the report, limit): the value at the path must be <= the limit.
 LIMITS = {
@@ -97,13 +99,15 @@ def compare_quantised(q_scores, f_scores, targets, thresholds, labels, q_feats=N
 
 
 def report(torch_out, onnx_out, fp32_out, int8_out, targets, thresholds, labels, heldout_names,
-           int8_model_scores=None, min_films: int = 1) -> dict:
+           int8_model_scores=None, min_films: int = 1, labelled: bool = True, split: str = "test") -> dict:
     """The whole report; each ``*_out`` is (scores N×L, features N×H×W×C) on the same films.
     ``int8_out[0]`` are the int8 scores edge reports; ``int8_model_scores`` the model's own, if different.
     ``torch_out`` and ``onnx_out`` may cover only the first n films (a float-equivalence check
     needs few); fp32 TFLite is compared with ONNX on those n."""
     n = len(onnx_out[0])
-    rep = {"heldout": {"films": len(targets), "split": "test", "names": list(heldout_names)},
+    rep = {"heldout": {"films": len(targets), "split": split, "names": list(heldout_names)},
+           "checks": {"auroc": labelled, "score_agreement": True, "decision_agreement": True,
+                      "float_paths": True},
            "int8_vs_fp32": compare_quantised(int8_out[0], fp32_out[0], targets, thresholds, labels,
                                              int8_out[1], fp32_out[1], min_films),
            "onnx_vs_torch": {"films": n, **compare_float(onnx_out[0], torch_out[0], onnx_out[1], torch_out[1])},
@@ -121,9 +125,35 @@ def check(rep: dict, limits: dict[str, float]) -> list[str]:
     failures = []
     for name, limit in limits.items():
         (block, key), _ = LIMITS[name]
+        if "dauroc" in key and not rep.get("checks", {}).get("auroc", True):
+            continue  # films without labels: no AUROC to check (the report's ``checks`` says so)
         value = rep[block][key]
         if value is None:
             failures.append(f"{block}.{key} cannot be computed (no held-out label has enough films of both classes)")
         elif not value <= limit:
             failures.append(f"{block}.{key} = {value:.6g} exceeds the limit {limit:g}")
     return failures
+
+
+def summary_lines(rep: dict) -> str:
+    """The report in a few lines for the terminal: which checks ran, and their figures."""
+    q, o, f = rep["int8_vs_fp32"], rep["onnx_vs_torch"], rep["fp32_vs_onnx"]
+    m = rep.get("int8_model_scores_vs_fp32")
+    raw = "" if m is None else (f"\n   (the int8 model's own score output: mean |dAUROC| "
+                                f"{m['mean_abs_dauroc'] or 0:.4f}, max |dscore| {m['max_abs_dscore']:.4f}; "
+                                f"edge scores from the features)")
+    if not rep.get("checks", {}).get("auroc", True):
+        auroc, raw = "AUROC not checked (films without labels)", ""
+    else:
+        mean_d = "n/a" if q["mean_abs_dauroc"] is None else f"{q['mean_abs_dauroc']:.4f}"
+        max_d = "n/a" if q["max_abs_dauroc"] is None else f"{q['max_abs_dauroc']:.4f}"
+        every = "" if q["auroc_min_films"] <= 1 or q["all_labels_mean_abs_dauroc"] is None else (
+            f"; every label with both classes: {q['all_labels_mean_abs_dauroc']:.4f}")
+        auroc = (f"mean |dAUROC| {mean_d} (max {max_d}, {q['auroc_labels']} labels with >= {q['auroc_min_films']} "
+                 f"films of each class{every})")
+    return (f"   int8 vs fp32 on {q['films']} {rep['heldout']['split']} films: {auroc}, "
+            f"max |dscore| {q['max_abs_dscore']:.4f} (mean {q['mean_abs_dscore']:.4f}), "
+            f"decisions agree {100 * q['decision_agreement']:.1f}%\n"
+            f"   on {o['films']} of them, ONNX vs PyTorch: max |dscore| {o['max_abs_dscore']:.2e}, "
+            f"max |dfeature| {o['max_abs_dfeature']:.2e}; "
+            f"fp32 TFLite vs ONNX: max |dscore| {f['max_abs_dscore']:.2e}{raw}")

@@ -1,5 +1,10 @@
 """The conversion, step by step: checkpoint -> ONNX -> TFLite fp32 + int8 -> checks -> bundle.
 
+Films come from an NIH-layout data folder with labels (``data``: calibration from the validation split,
+fidelity on the test split, the guard fitted on training films) or from any folder of films without labels
+(``films``: calibration, int8-vs-fp32 agreement, CAM baseline and the guard's statistics all from those films;
+no AUROC check, and the report and bundle say so).
+
 Each step is a short function; ``convert`` runs them in order, timing each (the timings go
 into the bundle's provenance). Intermediate files live in a temporary folder that is always
 removed; only a complete, verified bundle is renamed into ``out`` (convert.bundle).
@@ -40,8 +45,9 @@ class Options:
     """What ``python -m convert`` was asked; the command line's defaults are these."""
 
     checkpoint: Path
-    data: Path
+    data: Path | None
     out: Path
+    films: Path | None = None  # any folder of films, no labels (instead of ``data``)
     calibration: int = 300
     heldout: int = 200
     force: bool = False
@@ -69,7 +75,8 @@ class Artifacts:
     model: DenseNet121 | None = None
     meta: dict = field(default_factory=dict)  # the checkpoint's metadata
     cal: FilmSet | None = None  # calibration films
-    held: FilmSet | None = None  # held-out films
+    held: FilmSet | None = None  # held-out films (the calibration films themselves with ``films``)
+    labelled: bool = True  # the films have labels (an NIH-layout folder)
     batchnorm: str = ""  # how BatchNorms after no convolution were exported
     onnx: Path | None = None  # uint8 input
     onnx_float: Path | None = None  # float input, for onnx2tf
@@ -87,6 +94,19 @@ class Artifacts:
     held_features: np.ndarray | None = None  # the int8 model's features of the held-out films
     guard: Guard | None = None  # the out-of-distribution guard (convert.novelty)
     novelty: dict | None = None  # bundle.json's novelty entry
+    runs: dict = field(default_factory=dict)  # (model, films) -> tflite_run outputs of films used more than once
+
+
+def _tflite_outputs(a: Artifacts, kind: str, films: FilmSet) -> tuple[np.ndarray, np.ndarray]:
+    """``tflite_run`` of the int8 or fp32 model on a film set, once: the calibration films' outputs are kept (the
+    thresholds and the head use them; with --films they are the held-out films too), the held-out films' are not."""
+    from convert.tflite import tflite_run
+
+    key = (kind, id(films))
+    out = a.runs.get(key) or tflite_run(getattr(a, kind), films.images)
+    if films is a.cal:
+        a.runs[key] = out
+    return out
 
 
 @dataclass
@@ -129,9 +149,15 @@ def _load_checkpoint(state: _State) -> None:
 
 
 def _films(state: _State) -> None:
-    from convert.calibrate import split_films
+    from convert.calibrate import folder_films, split_films
 
     o = state.opts
+    if o.films is not None:
+        cal = folder_films(o.films, len(state.art.meta["labels"]), o.calibration, o.seed)
+        o.log(f"   {len(cal.names)} films from {o.films}, no labels: calibration, int8-vs-fp32 agreement, CAM "
+              f"baseline and guard all from these films; no AUROC check")
+        state.art.cal, state.art.held, state.art.labelled = cal, cal, False
+        return
     cal, held = split_films(o.data, state.art.meta, o.calibration, o.heldout, o.seed)
     if len(cal.names) < o.calibration:
         o.log(f"   note: the validation split has only {len(cal.names)} films; calibrating on all of them")
@@ -140,14 +166,14 @@ def _films(state: _State) -> None:
 
 
 def _export(state: _State) -> None:
-    from convert.export import export_onnx
+    from convert.export import export_onnx, normalisation_of
 
     model, meta = state.art.model, state.art.meta
     bn = HEADS[meta["head"]].batchnorm if state.opts.batchnorm == "auto" else state.opts.batchnorm
-    state.art.batchnorm, task, dw = bn, meta["task"], bn == "depthwise"
-    state.art.onnx = export_onnx(model, task, state.work / "model.onnx", "uint8", depthwise_bn=dw)
+    state.art.batchnorm, task, dw, norm = bn, meta["task"], bn == "depthwise", normalisation_of(meta)
+    state.art.onnx = export_onnx(model, task, state.work / "model.onnx", "uint8", depthwise_bn=dw, normalisation=norm)
     state.art.onnx_float = export_onnx(model, task, state.work / "model_float_input.onnx", "float32",
-                                          depthwise_bn=dw)
+                                          depthwise_bn=dw, normalisation=norm)
     state.art.shapes = _onnx_output_shapes(state.art.onnx)
 
 
@@ -191,19 +217,37 @@ def _write(path: Path, data: bytes) -> Path:
     return path
 
 
+def _thresholds(state: _State) -> None:
+    """A checkpoint whose thresholds were not chosen on data (convert.importer's defaults) gets them chosen on the
+    labelled calibration (validation) films, by train's own rule, from the fp32 model's scores; without labels
+    they stay, and bundle.json's ``threshold_choice`` says they were not chosen on the user's data."""
+    from train.evaluate import choose_thresholds
+
+    a = state.art
+    if not a.labelled or a.meta.get("threshold_choice", {}).get("chosen_on_user_data", True):
+        return
+    scores = _tflite_outputs(a, "fp32", a.cal)[0]
+    a.meta["thresholds"] = choose_thresholds(a.cal.targets, scores, a.meta["labels"], "f1")
+    a.meta["threshold_choice"] = {"rule": "f1 (train.evaluate.choose_thresholds; 0.5 for a label without positives)",
+                                  "chosen_on_user_data": True, "split": "validation (the calibration films)",
+                                  "films": len(a.cal.names), "replaced": a.meta.get("threshold_choice")}
+    state.opts.log(f"   thresholds chosen on {len(a.cal.names)} labelled validation films (the checkpoint's were "
+                   f"defaults)")
+
+
 def _head(state: _State) -> None:
     """The float head for edge's scores and CAM (convert.camhead): bias-corrected for the int8 features,
     with the CAM baseline, both measured on the calibration films."""
     from convert.camhead import bias_correct, films_averaged, head_arrays, per_label_baseline, pooled, with_baseline
-    from convert.tflite import tflite_run
 
     a, head, opts = state.art, state.art.meta["head"], state.opts
     a.head, a.bias_correction, a.cam_baseline = head_arrays(a.model), None, None
     if not (opts.bias_correction or opts.cam_baseline):
         return
     cal = a.cal.images
-    int8, fp32 = tflite_run(a.int8, cal)[1], tflite_run(a.fp32, cal)[1]
-    where = {"films": len(cal), "split": "validation (the calibration films)"}
+    int8, fp32 = _tflite_outputs(a, "int8", a.cal)[1], _tflite_outputs(a, "fp32", a.cal)[1]
+    where = {"films": len(cal), "split": "validation (the calibration films)" if a.labelled else
+             "the films folder (the calibration films, no labels)"}
     if opts.bias_correction:
         offset = (pooled(head, int8) - pooled(head, fp32)).mean(axis=0)
         a.head = bias_correct(head, a.head, offset)
@@ -216,7 +260,8 @@ def _head(state: _State) -> None:
         a.head = with_baseline(a.head, per_label_baseline(int8, targets), per_label_baseline(fp32, targets))
         a.cam_baseline = {**where, "array": "baseline", "per_label": True,
                              "statistic": "per label: mean feature map of the calibration films without the label "
-                                          "(all of them when every film or none has it)",
+                                          "(all of them when every film or none has it)" if a.labelled else
+                                          "no labels: the mean feature map of all the calibration films, every label",
                              "films_averaged": dict(zip(a.meta["labels"], films_averaged(targets).tolist(),
                                                         strict=True))}
 
@@ -224,13 +269,12 @@ def _head(state: _State) -> None:
 def _fidelity(state: _State) -> None:
     from convert import fidelity
     from convert.camhead import head_scores
-    from convert.export import onnx_run, torch_run
-    from convert.tflite import tflite_run
+    from convert.export import normalisation_of, onnx_run, torch_run
 
     a, held, meta = state.art, state.art.held, state.art.meta
     first = held.images[:state.opts.float_check_films]  # float vs float: a few films show it
-    outs = {"torch": torch_run(a.model, meta["task"], first), "onnx": onnx_run(a.onnx, first),
-            "fp32": tflite_run(a.fp32, held.images), "int8": tflite_run(a.int8, held.images)}
+    outs = {"torch": torch_run(a.model, meta["task"], first, normalisation_of(meta)), "onnx": onnx_run(a.onnx, first),
+            "fp32": _tflite_outputs(a, "fp32", held), "int8": _tflite_outputs(a, "int8", held)}
     model_scores, feats = outs["int8"]
     a.held_features = feats  # the guard's held-out check (_guard)
     if state.opts.scores == "features":  # what edge reports: the float head on the int8 features
@@ -238,33 +282,15 @@ def _fidelity(state: _State) -> None:
     rep = fidelity.report(outs["torch"], outs["onnx"], outs["fp32"], outs["int8"], held.targets,
                           [meta["thresholds"][label] for label in meta["labels"]], meta["labels"], held.names,
                           int8_model_scores=model_scores if state.opts.scores == "features" else None,
-                          min_films=state.opts.auroc_min_films)
+                          min_films=state.opts.auroc_min_films, labelled=a.labelled,
+                          split="test" if a.labelled else "calibration (no labels)")
     rep["scores_from"] = state.opts.scores
     rep["limits"] = dict(state.opts.limits)
     a.fidelity = rep
-    state.opts.log(_fidelity_lines(rep))
+    state.opts.log(fidelity.summary_lines(rep))
     failures = fidelity.check(rep, state.opts.limits)
     if failures:
         raise ConvertError("fidelity below the limits, no bundle written: " + "; ".join(failures))
-
-
-def _fidelity_lines(rep: dict) -> str:
-    q, o, f = rep["int8_vs_fp32"], rep["onnx_vs_torch"], rep["fp32_vs_onnx"]
-    m = rep.get("int8_model_scores_vs_fp32")
-    raw = "" if m is None else (f"\n   (the int8 model's own score output: mean |dAUROC| "
-                                f"{m['mean_abs_dauroc'] or 0:.4f}, max |dscore| {m['max_abs_dscore']:.4f}; "
-                                f"edge scores from the features)")
-    mean_d = "n/a" if q["mean_abs_dauroc"] is None else f"{q['mean_abs_dauroc']:.4f}"
-    max_d = "n/a" if q["max_abs_dauroc"] is None else f"{q['max_abs_dauroc']:.4f}"
-    every = "" if q["auroc_min_films"] <= 1 or q["all_labels_mean_abs_dauroc"] is None else (
-        f"; every label with both classes: {q['all_labels_mean_abs_dauroc']:.4f}")
-    return (f"   int8 vs fp32 on {q['films']} held-out films: mean |dAUROC| {mean_d} (max {max_d}, "
-            f"{q['auroc_labels']} labels with >= {q['auroc_min_films']} films of each class{every}), "
-            f"max |dscore| {q['max_abs_dscore']:.4f} (mean {q['mean_abs_dscore']:.4f}), "
-            f"decisions agree {100 * q['decision_agreement']:.1f}%\n"
-            f"   on {o['films']} of them, ONNX vs PyTorch: max |dscore| {o['max_abs_dscore']:.2e}, "
-            f"max |dfeature| {o['max_abs_dfeature']:.2e}; "
-            f"fp32 TFLite vs ONNX: max |dscore| {f['max_abs_dscore']:.2e}{raw}")
 
 
 def _guard(state: _State) -> None:
@@ -280,6 +306,8 @@ def _guard(state: _State) -> None:
     a.novelty = None
     if not o.guard:
         return
+    if not a.labelled:
+        return _guard_on_films(state)
     train, val = guard_films(o.data, a.meta, o.guard_films, o.seed)
     guard, how = fit_guard(*(pooled_features(tflite_run(a.int8, s.images)[1]) for s in (train, val)),
                            o.false_refusal)
@@ -297,6 +325,24 @@ def _guard(state: _State) -> None:
     o.log(f"   guard: {guard.method} fitted on {len(train.names)} training films, threshold {guard.threshold:.3f} "
           f"set on {len(val.names)} validation films for {how['false_refusal_rate']:.0%} false refusals; "
           f"held-out test films refused: {a.novelty['heldout']['false_refusal']:.1%} of {held.size}")
+
+
+def _guard_on_films(state: _State) -> None:
+    """Films without splits: the guard is fitted on all of them, its threshold cross-fitted (convert.novelty)."""
+    from convert.novelty import crossfit_guard
+    from edge.novelty import NOVELTY_FILE, pooled_features
+
+    a, o = state.art, state.opts
+    guard, how = crossfit_guard(pooled_features(a.held_features), o.false_refusal, seed=o.seed)
+    a.guard = guard
+    a.novelty = {"method": guard.method, "threshold": guard.threshold, "params": NOVELTY_FILE,
+                 "descriptor": "int8 feature map, dequantised, averaged over space",
+                 "distance": "Mahalanobis distance / sqrt(channels) (edge.novelty)",
+                 "components": int(guard.components.shape[0]),
+                 "fitted_on": {"split": "the films folder (the calibration films)", "films": len(a.cal.names)},
+                 "threshold_choice": {"split": "the same films, cross-fitted", **how}, "heldout": None}
+    o.log(f"   guard: {guard.method} fitted on the {len(a.cal.names)} films, threshold {guard.threshold:.3f} "
+          f"cross-fitted on them for {how['false_refusal_rate']:.0%} false refusals (no films held out from it)")
 
 
 def _edgetpu(state: _State) -> None:
@@ -348,14 +394,16 @@ def _bundle(state: _State) -> None:
     scoring = {"from": state.opts.scores, "activation": TASK_ACTIVATION[meta["task"]], "params": CAM_FILE,
                "bias_correction": a.bias_correction}
     prov = provenance(state.opts, meta, a.cal, state.timings, a.batchnorm)
+    choice = meta.get("threshold_choice") or {"rule": "chosen on validation data in training",
+                                              "chosen_on_user_data": True}
     spec = build_spec(meta, io, cam, {"scoring": scoring, "provenance": prov, "fidelity": a.fidelity,
-                                      "edgetpu": a.edgetpu, "novelty": a.novelty})
+                                      "edgetpu": a.edgetpu, "novelty": a.novelty, "threshold_choice": choice})
     write_bundle(state.opts.out, files, spec, force=state.opts.force)
 
 
 STEPS = (("checkpoint", _load_checkpoint), ("films", _films), ("onnx export", _export),
-         ("tflite fp32 + int8", _tflite), ("head", _head), ("fidelity", _fidelity), ("guard", _guard),
-         ("edge tpu", _edgetpu), ("bundle", _bundle))
+         ("tflite fp32 + int8", _tflite), ("thresholds", _thresholds), ("head", _head), ("fidelity", _fidelity),
+         ("guard", _guard), ("edge tpu", _edgetpu), ("bundle", _bundle))
 
 
 def convert(opts: Options) -> dict:

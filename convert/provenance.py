@@ -25,11 +25,21 @@ def versions() -> dict[str, str | None]:
 
 def provenance(opts, meta: dict, calibration, timings: dict, batchnorm: str) -> dict:
     """``opts``: convert.pipeline.Options; ``calibration``: the FilmSet used for calibration."""
+    from convert.export import normalisation_of
+
     data = dict(meta.get("data", {}))
-    data.update(calibration={"split": "validation", "films": len(calibration.names), "names": calibration.names},
-                heldout={"split": "test"}, converted_with=str(opts.data))
+    if opts.films is not None:  # any folder of films, no labels
+        data.update(calibration={"split": "films folder, no labels", "films": len(calibration.names),
+                                 "names": calibration.names},
+                    heldout={"split": "the calibration films (no other films)"}, converted_with=str(opts.films))
+    else:
+        data.update(calibration={"split": "validation", "films": len(calibration.names), "names": calibration.names},
+                    heldout={"split": "test"}, converted_with=str(opts.data))
+    mean, std = normalisation_of(meta)
     return {
         "checkpoint": opts.checkpoint.name,
+        "source": meta.get("source"),  # an imported model's origin (convert.importer), else None
+        "input_normalisation": {"mean": mean, "std": std, "scale": "0-255", "where": "folded into the network"},
         "checkpoint_sha256": sha256_file(opts.checkpoint),
         "arch": meta["arch"], "head": meta["head"],
         "training_config": meta.get("config", {}),

@@ -40,3 +40,7 @@ HEADS: dict[str, HeadSpec] = {
                       pool="concat-max-avg", modules={"bn1": "bn1", "fc1": "fc1", "bn2": "bn2", "fc2": "fc2"},
                       batchnorm="mul"),
 }
+# fastai v1's own wiring of that head to a torchvision DenseNet (train.model: no ReLU between norm5 and the
+# pooling, so the feature map A may be negative); the same layers and arrays.
+HEADS["fastai"] = HeadSpec(layers=HEADS["paper"].layers, pool="concat-max-avg", modules=dict(HEADS["paper"].modules),
+                           batchnorm="mul")

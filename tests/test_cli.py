@@ -34,6 +34,7 @@ COMMANDS = {
     "convert.spread": ("convert.spread", ["--out", "o"]),
     "convert.oddballs": ("convert.oddballs", ["--out", "o"]),
     "convert.guardcheck": ("convert.guardcheck", ["bundle", "--data", "d"]),
+    "convert.importer": ("convert.importer", ["chexnet", "model.pth.tar", "--out", "o"]),
 }
 
 ERRORS = [XrayError("plain"), BundleError("b: damaged"), FilmError("a.png", "not an image"), StoreError("full"),

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["HEADS", "DenseBlock", "DenseLayer", "DenseNet121", "build_model", "load_pretrained"]
+__all__ = ["HEADS", "NO_FEATURE_RELU", "DenseBlock", "DenseLayer", "DenseNet121", "build_model", "load_pretrained"]
 
 # Plain data, not code: one entry per supported architecture.
 ARCHS = {
@@ -120,8 +120,12 @@ def _paper_head(num_features: int, num_classes: int, dropout: float, hidden: int
 
 
 # The PyTorch module of each head in edge.heads.HEADS (what it means to every stage): name -> builder(
-# num_features, num_classes, dropout).
-HEADS = {"chexnet": _chexnet_head, "paper": _paper_head}
+# num_features, num_classes, dropout). "fastai" is the paper head as fastai v1 wires it to a torchvision
+# DenseNet: create_body cuts the network after ``features`` (norm5), before the ReLU that torchvision's own
+# forward applies, so the concat pool sees the BatchNorm's output, negative values included.
+HEADS = {"chexnet": _chexnet_head, "paper": _paper_head, "fastai": _paper_head}
+# Heads whose feature map A is norm5's output as it is, not after a ReLU (see "fastai" above).
+NO_FEATURE_RELU = frozenset({"fastai"})
 
 
 class DenseNet121(nn.Module):
@@ -136,6 +140,7 @@ class DenseNet121(nn.Module):
             raise ValueError(f"unknown architecture {arch!r}; choose one of {sorted(ARCHS)}")
         cfg = ARCHS[arch]
         self.arch, self.head_name, self.num_classes = arch, head, num_classes
+        self.features_relu = head not in NO_FEATURE_RELU
         self.features = _make_features(cfg["growth_rate"], cfg["block_config"], cfg["num_init_features"],
                                        cfg["bn_size"], drop_rate)
         self.head = HEADS[head](cfg["num_features"], num_classes, dropout)
@@ -149,8 +154,10 @@ class DenseNet121(nn.Module):
                 nn.init.constant_(m.bias, 0)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalised N×3×H×W images -> the CAM feature map A (N×1024×H/32×W/32), after ReLU."""
-        return F.relu(self.features(x))
+        """Normalised N×3×H×W images -> the CAM feature map A (N×1024×H/32×W/32), after ReLU (but for the
+        heads in NO_FEATURE_RELU)."""
+        a = self.features(x)
+        return F.relu(a) if self.features_relu else a
 
     def forward_head(self, a: torch.Tensor) -> torch.Tensor:
         return self.head(a)
