@@ -107,10 +107,6 @@ def _parser() -> argparse.ArgumentParser:
 def _check(args: argparse.Namespace) -> str | None:
     if args.user == "root":
         return "--user: the app must not run as root; name the user who owns the results folder (e.g. --user pi)"
-    if not (Path(args.bundle) / "bundle.json").is_file():
-        return f"--bundle {args.bundle}: no bundle.json there (a bundle folder is made by python -m convert)"
-    if args.drop_folder is not None and not Path(args.drop_folder).is_dir():
-        return f"--drop-folder {args.drop_folder}: not a folder"
     if args.install and os.geteuid() != 0:
         return "--install writes /etc/systemd/system: run it with sudo (or leave --install out to see the units)"
     return None
@@ -127,6 +123,10 @@ def _systemctl(*args: str) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if not (Path(args.bundle) / "bundle.json").is_file():
+        raise UnitError(f"--bundle {args.bundle}: no bundle.json there (a bundle folder is made by python -m convert)")
+    if args.drop_folder is not None and not Path(args.drop_folder).is_dir():
+        raise UnitError(f"--drop-folder {args.drop_folder}: not a folder")
     out = Path(args.out).absolute()
     found = units(python=Path(sys.executable).absolute(), bundle=Path(args.bundle).resolve(), out=out,
                   user=args.user, workdir=Path(args.workdir).resolve() if args.workdir else out, host=args.host,
