@@ -70,3 +70,18 @@ def test_install_without_root_says_to_use_sudo(tmp_path, capsys, monkeypatch):
     (tmp_path / "bundle.json").write_text("{}")
     assert systemd.main(["--bundle", str(tmp_path), "--out", str(tmp_path), "--user", "pi", "--install"]) == 2
     assert "sudo" in capsys.readouterr().err
+
+
+def test_install_writes_the_units_then_reloads_and_enables_the_app_and_the_drop_folder_triggers(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(systemd.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(systemd, "UNIT_DIR", tmp_path / "units")
+    monkeypatch.setattr(systemd, "_systemctl", lambda *args: calls.append(args))
+    (tmp_path / "units").mkdir()
+    (tmp_path / "bundle.json").write_text("{}")
+    argv = ["--bundle", str(tmp_path), "--out", str(tmp_path), "--user", "pi", "--drop-folder", str(tmp_path)]
+    assert systemd.main([*argv, "--install"]) == 0
+    assert sorted(p.name for p in (tmp_path / "units").iterdir()) == [
+        "xray-edge-scan.path", "xray-edge-scan.service", "xray-edge-scan.timer", "xray-edge.service"]
+    assert calls == [("daemon-reload",),
+                     ("enable", "--now", "xray-edge.service", "xray-edge-scan.path", "xray-edge-scan.timer")]
