@@ -1,5 +1,5 @@
-# One virtual environment in the checkout holds every stage; a Pi installs only the edge extra:
-#   pip install -c constraints.txt ".[edge]"
+# One virtual environment in the checkout holds every stage; a Pi installs only the edge extra of the wheel:
+#   pip install -c constraints-pi.txt "xray_edge-0.1.0-py3-none-any.whl[edge]"   (make dist; README "On the Raspberry Pi")
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -69,6 +69,25 @@ aarch64-check:
 	  --python-version 3.11 --implementation cp --platform manylinux_2_36_aarch64 --platform manylinux_2_28_aarch64 \
 	  --platform manylinux_2_27_aarch64 --platform manylinux_2_17_aarch64 --platform manylinux2014_aarch64 \
 	  -c constraints.txt numpy==1.26.4 Pillow==13.0.0 pydicom==3.0.2 ai-edge-litert==2.1.0 Flask==3.1.3 Jinja2==3.1.6 MarkupSafe==3.0.4 waitress==3.0.2
+
+# Release and the Raspberry Pi (README "On the Raspberry Pi"). dist: the wheel and sdist (python -m build) and
+# constraints-pi.txt, the edge set's pins only (make lock-pi rewrites it from constraints.txt).
+# pi-check (root): that wheel installed with its edge extra in an emulated arm64 Debian bookworm root, scoring
+# real films and phantoms as x86 does, and edge.serve answering there (tools/pi_check.py; BUNDLE=DIR, PI_CPU=).
+.PHONY: dist lock-pi pi-check
+BUNDLE ?=
+PI_CPU ?= cortex-a72
+
+dist: install
+	rm -rf dist
+	mkdir -p .cache && $(PY) -m build --outdir dist . > .cache/build.log 2>&1 || { cat .cache/build.log; false; }
+	cp constraints-pi.txt dist/
+
+lock-pi: install
+	$(PY) -m tools.pi_constraints > constraints-pi.txt.new && mv constraints-pi.txt.new constraints-pi.txt
+
+pi-check: dist
+	$(PY) -m tools.pi_check --wheel $$(ls dist/*.whl) --cpu $(PI_CPU) $(if $(BUNDLE),--bundle $(BUNDLE))
 
 lock: install
 	@{ sed -n '1,2p' constraints.txt; $(PY) -m pip freeze --exclude-editable | grep -vE '^(pip|setuptools|wheel)==' \

@@ -25,6 +25,7 @@ COMMANDS = {
     "edge.bench": ("edge.bench", []),
     "edge.serve": ("edge.serve", ["--bundle", "b", "--out", "o"]),
     "edge.web.bench": ("edge.web.bench", []),
+    "edge.systemd": ("edge.systemd", ["--bundle", "b", "--out", "o", "--user", "pi"]),
     "train.__main__": ("train", ["--data", "d", "--out", "o"]),
     "train.evaluate": ("train.evaluate", ["run/best.safetensors", "--data", "d"]),
     "train.phantoms": ("train.phantoms", ["--out", "o", "--patients", "1", "--seed", "0"]),
