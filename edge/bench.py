@@ -4,16 +4,22 @@ Measured on this machine with the bundle's int8 model (and its fp32 TFLite model
 
 - invoke time of the interpreter (median of ``--repeat`` runs on a real film) on all cores and on one,
   and bare-invoke films/s with the scans' interpreter threads (``--threads``, default all cores as in
-  ``edge.scan``): the scan's throughput is compared with the same interpreter doing nothing but invoke;
+  ``edge.scan``);
 - CPU Grad-CAM time per film (one label, and three labels with peak and 1024 px upsampling), as a
   share of the invoke time;
-- end-to-end films/s of ``python -m edge.scan`` on 1024² PNG films (decode, hash, preprocess,
-  invoke, CAM, overlays, SQLite commit per film), with the fixed start-up cost (imports, bundle
-  verification, exports) measured on an empty folder and taken out; also without overlays, and with
-  a one-thread interpreter (its ratio to one-thread bare invoke shows what the pipeline hides when
-  decoding and overlays have a core of their own);
-- peak memory (``ru_maxrss`` of the scan process, from ``os.wait4``) of a scan of 50 and of 500
-  films: it should be flat, not grow with the number of films;
+- the per-film CPU of each stage of the service path (edge.bench_scan: hash, decode, preprocess, invoke
+  on one thread, CAM, overlays, commit) and the bound they imply on this machine's cores: cores /
+  (decode + preprocess + invoke), + overlays when they are on (issue 16);
+- end-to-end films/s of ``python -m edge.scan`` on 1024² PNG films at 50 and 500 films, with and
+  without overlays, with the fixed start-up cost (imports, bundle verification, exports) measured on
+  an empty folder and taken out, as a fraction of the bound; with the CPU other processes took from the
+  machine meanwhile (``*_other_load_cores``), and the fraction of the bound of the cores they left;
+  the scan's own CPU per film, against the sum of the stages, shows what the pipeline adds;
+- a simulated fast accelerator (a model answering in 2 ms by sleeping, like an Edge TPU): the scan is
+  then bound by decoding, and its films/s is compared with cores / (decode + preprocess + hash);
+- a 2,048² JPEG decoded in full and at reduced size (what the scan does with large JPEGs);
+- peak memory (``ru_maxrss`` of the scan process, from ``os.wait4``) of every scan: it should be flat,
+  not grow with the number of films;
 - import time of ``edge.runtime`` and ``edge.scan`` in a fresh interpreter.
 
 The films are distinct 1024² PNGs made from the demo's phantom films (``make demo`` first), each

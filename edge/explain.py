@@ -12,6 +12,7 @@ import numpy as np
 __all__ = ["OVERLAY_SIDE", "CamExplainer", "Explainer"]
 
 OVERLAY_SIDE = 512  # px, longer side of an overlay: the 7×7 heatmap needs no more, and it fits a Pi's screen
+_HEAT_STEP = 8  # the heatmap is spread over the overlay at 1/8 of its pixels, then scaled up as uint8 (Pillow)
 
 
 class Explainer(Protocol):
@@ -52,11 +53,12 @@ class CamExplainer:
 
         ``film_shape``: the film's full (H, W), in whose pixels the peaks are (``film`` may be a reduced decode).
         """
-        shape = self._overlay.overlay_shape(film_shape, OVERLAY_SIDE)
-        view = self._overlay.film_view(film, shape)
-        scale = shape[1] / film_shape[1]
-        return [self._overlay.jpeg_bytes(self._overlay.overlay_view(
-                    view, self._cam.upsample(cam, shape), scale, label=label, peak=peaks[0], others=peaks[1:]))
+        ov = self._overlay
+        shape = ov.overlay_shape(film_shape, OVERLAY_SIDE)
+        view, scale = ov.film_view(film, shape), shape[1] / film_shape[1]
+        grid = (max(1, -(-shape[0] // _HEAT_STEP)), max(1, -(-shape[1] // _HEAT_STEP)))
+        return [ov.jpeg_bytes(ov.overlay_image(view, self._cam.upsample(cam, grid), scale, label=label, peak=peaks[0],
+                                               others=peaks[1:]))
                 for label, cam, peaks in cams]
 
     def write_overlay(self, path: Path, film: np.ndarray, cam: np.ndarray, label: str,
