@@ -35,6 +35,7 @@ from edge.service import (
     CAM_MODES,
     Prepared,
     ScanContext,
+    Scored,
     finish,
     input_side,
     prepare_claimed,
@@ -118,6 +119,14 @@ class _Pipeline:
             self.failed.set()
             raise
 
+    def _render(self, scored: Scored) -> Future:
+        """The film's overlays encoded on a worker; nothing to encode: a future already done (no queueing)."""
+        if self.ctx.overlays and scored.cams and hasattr(self.ctx.explainer, "render_overlays"):
+            return self.pool.submit(render_overlays, scored, self.ctx)
+        done: Future = Future()
+        done.set_result(scored)
+        return done
+
     def _skip(self, item: Prepared) -> bool:
         """Count a film already stored or a copy of an earlier one (decided here, in film order)."""
         if item.skip is None and item.sha is not None and item.sha in self.seen:
@@ -137,7 +146,7 @@ class _Pipeline:
         item = self.ahead.popleft().result()
         if not self._skip(item):
             scored = score_prepared(item, self.ctx)
-            rendered = self.pool.submit(render_overlays, scored, self.ctx)
+            rendered = self._render(scored)
             self.pending.append(self.writer.submit(self._commit, rendered))
         while self.pending and (len(self.pending) > self.depth or self.pending[0].done()):
             _settle(self.pending.popleft(), self.summary, self.progress)
