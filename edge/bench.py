@@ -152,19 +152,30 @@ def timings(bundle, film: Path, threads: int, repeat: int) -> dict[str, float]:
 
 # ---------------------------------------------------------------- child processes
 
+# A small launcher process runs each scan and reports its peak RSS and CPU: Linux hands a child the peak RSS
+# of the process it was forked from (kept across exec), so a scan started by this one, which holds models,
+# would report this process's peak instead of its own.
+_LAUNCHER = """import os, sys
+pid = os.posix_spawn(sys.argv[2], sys.argv[2:], os.environ)
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as f:
+    f.write(f"{usage.ru_maxrss} {usage.ru_utime + usage.ru_stime}")
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
 def _run_child(argv: list[str]) -> tuple[float, float, float]:
     """(wall seconds, peak RSS MiB, CPU seconds) of a child process; its failure is an error."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    with proc.stdout:
-        output = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    wall = time.perf_counter() - start
-    if proc.returncode != 0:
-        tail = output.decode(errors="replace")[-2000:]
-        raise EdgeError(f"{' '.join(argv[:4])}… exited with {proc.returncode}:\n{tail}")
-    return wall, usage.ru_maxrss / 1024.0, usage.ru_utime + usage.ru_stime  # Linux: KiB
+    with tempfile.NamedTemporaryFile("r", suffix=".usage") as usage:
+        start = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-S", "-c", _LAUNCHER, usage.name, *argv], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, check=False)
+        wall = time.perf_counter() - start
+        if proc.returncode != 0:
+            tail = proc.stdout.decode(errors="replace")[-2000:]
+            raise EdgeError(f"{' '.join(argv[:4])}… exited with {proc.returncode}:\n{tail}")
+        rss_kib, cpu = usage.read().split()
+    return wall, float(rss_kib) / 1024.0, float(cpu)  # Linux: KiB
 
 
 def _scan(bundle: Path, films: Path, out: Path, threads: int, *extra: str) -> tuple[float, float, float, float]:
