@@ -12,9 +12,9 @@ Measured on this machine with the bundle's int8 model (and its fp32 TFLite model
   (decode + preprocess + invoke), + overlays when they are on (issue 16);
 - end-to-end films/s of ``python -m edge.scan`` on 1024² PNG films at 50 and 500 films, with and
   without overlays, with the fixed start-up cost (imports, bundle verification, exports) measured on
-  an empty folder and taken out, as a fraction of the bound; with the CPU other processes took from the
-  machine meanwhile (``*_other_load_cores``), and the fraction of the bound of the cores they left;
-  the scan's own CPU per film, against the sum of the stages, shows what the pipeline adds;
+  an empty folder and taken out, as a fraction of the bound, split into the cores' worth of CPU the scan
+  had (``*_cores_used``: on a machine shared with other work, fewer than its cores) and the share of
+  its CPU that went to the stages' own work (``*_cpu_efficiency``: what the pipeline adds is the rest);
 - a simulated fast accelerator (a model answering in 2 ms by sleeping, like an Edge TPU): the scan is
   then bound by decoding, and its films/s is compared with cores / (decode + preprocess + hash);
 - a 2,048² JPEG decoded in full and at reduced size (what the scan does with large JPEGs);
@@ -178,16 +178,11 @@ def _run_child(argv: list[str]) -> tuple[float, float, float]:
     return wall, float(rss_kib) / 1024.0, float(cpu)  # Linux: KiB
 
 
-def _scan(bundle: Path, films: Path, out: Path, threads: int, *extra: str) -> tuple[float, float, float, float]:
-    """(wall s, peak RSS MiB, CPU s, cores' worth of CPU other processes took meanwhile) of one scan."""
-    from edge.bench_scan import contention, machine_cpu
-    from edge.runtime import usable_cores
-
+def _scan(bundle: Path, films: Path, out: Path, threads: int, *extra: str) -> tuple[float, float, float]:
+    """(wall s, peak RSS MiB, CPU s) of one scan."""
     argv = [sys.executable, "-m", "edge.scan", str(films), "--bundle", str(bundle), "--out", str(out), "--quiet",
             "--device", "cpu", "--threads", str(threads), *extra]
-    before = machine_cpu()
-    wall, rss, cpu = _run_child(argv)
-    return wall, rss, cpu, contention(before, machine_cpu(), cpu, usable_cores()) or 0.0
+    return _run_child(argv)
 
 
 def import_seconds(module: str, repeat: int = 3) -> float:
@@ -208,18 +203,17 @@ def _folder(films: Path, work: Path, n: int) -> Path:
 
 
 def scan_figures(bundle: Path, films: Path, work: Path, threads: int, counts: tuple[int, ...]) -> dict[str, float]:
-    """Start-up cost, then films/s, CPU per film, peak memory and the other processes' load of scans of
-    ``counts`` films, with and without overlays (films/s and CPU with the start-up taken out)."""
+    """Start-up cost, then films/s, CPU per film and peak memory of scans of ``counts`` films, with and without
+    overlays (films/s and CPU with the start-up taken out)."""
     (work / "empty").mkdir()
-    startup, _, startup_cpu, _ = _scan(bundle, work / "empty", work / "out-empty", threads)
+    startup, _, startup_cpu = _scan(bundle, work / "empty", work / "out-empty", threads)
     fig: dict[str, float] = {"scan_startup_s": startup}
     for n in counts:
         folder = _folder(films, work, n)
         for tag, extra in (("", ()), ("_no_overlays", ("--no-overlays",))):
-            wall, rss, cpu, others = _scan(bundle, folder, work / f"out-{n}{tag}", threads, *extra)
+            wall, rss, cpu = _scan(bundle, folder, work / f"out-{n}{tag}", threads, *extra)
             fig[f"scan_{n}{tag}_films_per_s"] = n / max(wall - startup, 1e-9)
             fig[f"scan_{n}{tag}_cpu_ms_per_film"] = 1000.0 * max(cpu - startup_cpu, 0.0) / n
-            fig[f"scan_{n}{tag}_other_load_cores"] = others
             fig[f"scan_{n}{tag}_peak_rss_mib"] = rss
     return fig
 
@@ -247,22 +241,33 @@ def jpeg_figures(source: Path, work: Path, side: int = 224) -> dict[str, float]:
 # ---------------------------------------------------------------- the report
 
 def ratios(fig: dict[str, float], counts: tuple[int, ...], cores: int) -> dict[str, float]:
-    """Each scan's films/s over its bound, also over the bound of the cores the other processes left it."""
+    """Each scan's films/s over its bound, split into the two things that make it: the cores' worth of CPU the
+    scan had (``cores_used``: films/s × its CPU per film; on a machine shared with other work, less than the
+    cores) and how much of that CPU went to the stages' own work (``cpu_efficiency``: their sum over the
+    scan's CPU per film; the rest is the pipeline's overhead). Over the bound of all the stages,
+    films/s = bound × cores_used / cores × cpu_efficiency."""
+    stages = {k.removeprefix("stage_").removesuffix("_cpu_ms"): v for k, v in fig.items() if k.startswith("stage_")}
+    work = {"": sum(stages.values()), "_no_overlays": sum(stages.values()) - stages.get("overlays", 0.0),
+            "fake_accelerator": stages.get("hash", 0) + stages.get("decode", 0) + stages.get("preprocess", 0)
+            + stages.get("commit", 0)}
     out = {}
     for n in counts:
         for tag, bound in (("", "bound_overlays_films_per_s"), ("_no_overlays", "bound_no_overlays_films_per_s")):
-            speed, others = fig.get(f"scan_{n}{tag}_films_per_s"), fig.get(f"scan_{n}{tag}_other_load_cores", 0.0)
+            speed, cpu = fig.get(f"scan_{n}{tag}_films_per_s"), fig.get(f"scan_{n}{tag}_cpu_ms_per_film")
             if speed is None:
                 continue
             out[f"scan_{n}{tag}_over_bound"] = speed / fig[bound]
-            out[f"scan_{n}{tag}_over_bound_of_cores_left"] = speed / (fig[bound] * max(cores - others, 0.1) / cores)
+            if cpu:
+                out[f"scan_{n}{tag}_cores_used"] = speed * cpu / 1000.0
+                out[f"scan_{n}{tag}_cpu_efficiency"] = work[tag] / cpu
         if f"scan_{n}_films_per_s" in fig and f"scan_{n}_no_overlays_films_per_s" in fig:
             out[f"scan_{n}_overlays_over_no_overlays"] = fig[f"scan_{n}_films_per_s"] / fig[
                 f"scan_{n}_no_overlays_films_per_s"]
     if "fake_accelerator_films_per_s" in fig:
-        out["fake_accelerator_over_bound"] = fig["fake_accelerator_films_per_s"] / fig["bound_decoding_films_per_s"]
-        left = max(cores - fig["fake_accelerator_other_load_cores"], 0.1) / cores
-        out["fake_accelerator_over_bound_of_cores_left"] = out["fake_accelerator_over_bound"] / left
+        speed, cpu = fig["fake_accelerator_films_per_s"], fig["fake_accelerator_cpu_ms_per_film"]
+        out["fake_accelerator_over_bound"] = speed / fig["bound_decoding_films_per_s"]
+        out["fake_accelerator_cores_used"] = speed * cpu / 1000.0
+        out["fake_accelerator_cpu_efficiency"] = work["fake_accelerator"] / cpu
     return out
 
 

@@ -6,8 +6,6 @@ that allows on this machine's cores, the scan's films/s as a fraction of it, and
   preprocess, invoke, CAM (with the scores' head and the guard), overlays (encoded and written), commit.
 - ``bounds``: cores / (decode + preprocess + invoke [+ overlays]) films/s, the issue's bound, and the same
   over every stage; the scans' films/s are divided by them.
-- ``contention``: the machine's CPU time used by other processes while a scan ran (``/proc/stat`` less the
-  scan's own), so a figure measured on a shared machine says how much of the cores it actually had.
 - ``fake_accelerator``: the scan with a model that answers in ``FAKE_INVOKE_MS`` without the CPU (a sleep,
   like an Edge TPU): it is bound by decoding, and its films/s is compared with cores / (decode + preprocess
   + hash).
@@ -16,7 +14,6 @@ that allows on this machine's cores, the scan's films/s as a fraction of it, and
 from __future__ import annotations
 
 import dataclasses
-import os
 import statistics
 import tempfile
 import threading
@@ -25,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["FAKE_INVOKE_MS", "bounds", "contention", "fake_accelerator", "machine_cpu", "stage_cpu"]
+__all__ = ["FAKE_INVOKE_MS", "bounds", "fake_accelerator", "stage_cpu"]
 
 FAKE_INVOKE_MS = 2.0
 STAGES = ("hash", "decode", "preprocess", "invoke", "cam", "overlays", "commit")
@@ -126,28 +123,6 @@ def bounds(stages: dict[str, float], cores: int) -> dict[str, float]:
             "bound_decoding_films_per_s": 1000.0 * cores / (stages["decode"] + stages["preprocess"] + stages["hash"])}
 
 
-# ---------------------------------------------------------------- contention
-
-def machine_cpu() -> tuple[float, float] | None:
-    """(busy CPU seconds of the whole machine, including time stolen by the hypervisor; wall seconds), or None
-    where ``/proc/stat`` is missing."""
-    try:
-        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-    except (OSError, ValueError):
-        return None
-    tick = os.sysconf("SC_CLK_TCK")
-    user, nice, system, idle, iowait, irq, softirq, steal = fields
-    return (user + nice + system + irq + softirq + steal) / tick, time.monotonic()
-
-
-def contention(before: tuple[float, float] | None, after: tuple[float, float] | None, own_cpu_s: float,
-               cores: int) -> float | None:
-    """Cores' worth of CPU that other processes (and the hypervisor) took while a scan ran, or None."""
-    if before is None or after is None or after[1] <= before[1]:
-        return None
-    return max(0.0, (after[0] - before[0] - own_cpu_s) / (after[1] - before[1]))
-
-
 # ---------------------------------------------------------------- a fast accelerator, simulated
 
 class _FakeAccelerator:
@@ -165,24 +140,22 @@ class _FakeAccelerator:
 
 
 def fake_accelerator(bundle_dir: Path, films: list[Path], work: Path, workers: int | None = None) -> dict[str, float]:
-    """films/s, CPU ms per film and contention of a scan of ``films`` on the simulated accelerator (no heatmaps:
+    """films/s and CPU ms per film of a scan of ``films`` on the simulated accelerator (no heatmaps:
     the scan is decoding, hashing, the model's answer and the commit)."""
     from edge.films import load_film
     from edge.preprocess import preprocess
-    from edge.runtime import open_model, usable_cores
+    from edge.runtime import open_model
     from edge.scan import scan_paths
     from edge.service import ScanContext
     from edge.store import Store
 
     model = _FakeAccelerator(open_model(bundle_dir, device="cpu", threads=1), preprocess(load_film(films[0])))
-    cores = usable_cores()
     with Store(work / "results.sqlite") as store:
         ctx = ScanContext(model=model, explainer=None, store=store, out_dir=work, cam_mode="none", overlays=False)
-        cpu, machine = _cpu(), machine_cpu()
+        cpu = _cpu()
         summary = scan_paths(films, ctx, interrupt=threading.Event(), workers=workers)
-        own, after = _cpu() - cpu, machine_cpu()
+        own = _cpu() - cpu
     if summary.scored != len(films):
         raise RuntimeError(f"the simulated accelerator scored {summary.scored} of {len(films)} films")
     return {"fake_accelerator_films_per_s": len(films) / summary.seconds,
-            "fake_accelerator_cpu_ms_per_film": own * 1000.0 / len(films),
-            "fake_accelerator_other_load_cores": contention(machine, after, own, cores) or 0.0}
+            "fake_accelerator_cpu_ms_per_film": own * 1000.0 / len(films)}

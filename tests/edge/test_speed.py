@@ -97,10 +97,14 @@ def test_bounds_and_ratios():
     b = bounds(stages, cores=2)
     assert b["bound_no_overlays_films_per_s"] == 50.0 and b["bound_overlays_films_per_s"] == 40.0
     assert round(b["bound_decoding_films_per_s"], 6) == round(2000 / 12, 6)
-    fig = {**b, "scan_50_films_per_s": 34.0, "scan_50_no_overlays_films_per_s": 45.0,
-           "scan_50_other_load_cores": 1.0, "fake_accelerator_films_per_s": 150.0,
-           "fake_accelerator_other_load_cores": 0.0}
+    fig = {**b, **{f"stage_{k}_cpu_ms": v for k, v in stages.items()}, "scan_50_films_per_s": 16.0,
+           "scan_50_cpu_ms_per_film": 66.25, "scan_50_no_overlays_films_per_s": 20.0,
+           "fake_accelerator_films_per_s": 150.0, "fake_accelerator_cpu_ms_per_film": 13.0}
     r = ratios(fig, (50,), cores=2)
-    assert r["scan_50_over_bound"] == 34 / 40 and r["scan_50_over_bound_of_cores_left"] == 34 / 20
-    assert r["scan_50_no_overlays_over_bound"] == 0.9 and r["scan_50_overlays_over_no_overlays"] == 34 / 45
+    assert r["scan_50_over_bound"] == 16 / 40 and r["scan_50_overlays_over_no_overlays"] == 0.8
+    assert r["scan_50_cores_used"] == 1.06 and r["scan_50_cpu_efficiency"] == 0.8  # 53 ms of stages in 66.25
+    over_all = 16 / b["bound_all_stages_overlays_films_per_s"]
+    assert abs(over_all - r["scan_50_cores_used"] / 2 * r["scan_50_cpu_efficiency"]) < 1e-12
+    assert r["scan_50_no_overlays_over_bound"] == 0.4 and "scan_50_no_overlays_cores_used" not in r
     assert r["fake_accelerator_over_bound"] == 150 / b["bound_decoding_films_per_s"]
+    assert r["fake_accelerator_cpu_efficiency"] == 1.0  # hash + decode + preprocess + commit: 13 ms
