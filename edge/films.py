@@ -3,6 +3,8 @@
 The pixel contract (what ``edge.preprocess`` and training rely on):
 
 * 2-D ``uint8``, full resolution, bright = dense. DICOM MONOCHROME1 is inverted (see ``edge.dicom``).
+  ``load_film_reduced`` (the scan) decodes a JPEG much larger than needed at 1/2, 1/4 or 1/8 scale (libjpeg
+  scales while decoding: a camera photo costs a fraction of its full decode) and says the full size.
 * The format is sniffed from the bytes, never the extension (a JPEG named ``.png`` is read as JPEG).
 * Colour -> grayscale by ITU-R 601-2 luminance (Pillow's ``convert("L")``). Alpha is ignored, not
   composited: a film's gray values are its content, and transparency has no meaning on an X-ray.
@@ -29,6 +31,7 @@ Safety, per call (no global Pillow or warnings settings are changed):
 from __future__ import annotations
 
 import errno
+import math
 import os
 import stat
 import struct
@@ -42,7 +45,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from edge.decode import MAX_PIXELS, bombs_are_errors, check_shape, decoding, palette_to_gray, to_uint8
 from edge.errors import FilmError
 
-__all__ = ["FORMATS", "MAX_FILE_BYTES", "is_film_candidate", "load_film", "sniff"]
+__all__ = ["FORMATS", "MAX_FILE_BYTES", "is_film_candidate", "load_film", "load_film_reduced", "sniff"]
 
 MAX_FILE_BYTES = 512 * 2**20
 HEAD_BYTES = 512
@@ -217,25 +220,40 @@ def _pillow_pixels(img: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
     return np.asarray(img.convert("L")), None
 
 
-def _load_pillow(f: BinaryIO, path: str | os.PathLike, fmt: str, max_pixels: int) -> np.ndarray:
+def _draft(img: Image.Image, side: int | None) -> None:
+    """A JPEG over twice ``side`` px on its longer side: decode at the smallest DCT scale (1/2, 1/4, 1/8) that
+    keeps its longer side at least ``side`` (libjpeg scales while it decodes: a camera photo costs a fraction)."""
+    if side is None or img.format != "JPEG" or max(img.size) < 2 * side:
+        return
+    w, h = img.size
+    k = side / max(w, h)
+    img.draft(img.mode, (max(1, math.ceil(w * k)), max(1, math.ceil(h * k))))
+
+
+def _load_pillow(f: BinaryIO, path: str | os.PathLike, fmt: str, max_pixels: int,
+                 side: int | None = None) -> tuple[np.ndarray, tuple[int, int]]:
     img = _open_pillow(f, path, fmt)
     with img:
         check_shape(path, *img.size, max_pixels)
+        full = img.size
         with decoding(path, f"{fmt.upper()} image"):
             if FORMATS[fmt]["frames"] == "refuse" and getattr(img, "is_animated", False):
                 raise FilmError(path, f"animated image: a {fmt.upper()} of {img.n_frames} frames; a film is one "
                                       "still image")
+            _draft(img, side)
             img.load()
             invert = _white_is_zero(img)
             ImageOps.exif_transpose(img, in_place=True)  # no copy when the film is already upright
             arr, palette = _pillow_pixels(img)
     film = to_uint8(arr) if palette is None else palette_to_gray(arr, palette)
-    return 255 - film if invert else film
+    turned = (arr.shape[0] > arr.shape[1]) != (full[1] > full[0])  # EXIF turned it a quarter
+    return 255 - film if invert else film, (full[0], full[1]) if turned else (full[1], full[0])
 
 
 # ---- the entry point -------------------------------------------------------------------------------------
 
-def _decode(f: BinaryIO, path: str | os.PathLike, max_pixels: int) -> np.ndarray:
+def _decode(f: BinaryIO, path: str | os.PathLike, max_pixels: int,
+            side: int | None = None) -> tuple[np.ndarray, tuple[int, int]]:
     with decoding(path, "file"):
         head = f.read(HEAD_BYTES)
         f.seek(0)
@@ -250,17 +268,26 @@ def _decode(f: BinaryIO, path: str | os.PathLike, max_pixels: int) -> np.ndarray
     if fmt == "dicom":
         from edge.dicom import load_dicom  # pydicom is imported only when a DICOM file is met
 
-        return load_dicom(f, path, head, max_pixels)
-    return _load_pillow(f, path, fmt, max_pixels)
+        film = load_dicom(f, path, head, max_pixels)
+        return film, film.shape
+    return _load_pillow(f, path, fmt, max_pixels, side)
 
 
-def load_film(path: str | os.PathLike, *, max_pixels: int = MAX_PIXELS, max_bytes: int = MAX_FILE_BYTES) -> np.ndarray:
-    """Read one film file -> 2-D uint8, bright = dense, full resolution. Raises FilmError for every problem."""
+def load_film_reduced(path: str | os.PathLike, side: int | None, *, max_pixels: int = MAX_PIXELS,
+                      max_bytes: int = MAX_FILE_BYTES) -> tuple[np.ndarray, tuple[int, int]]:
+    """``load_film``, except that a JPEG over twice ``side`` px on its longer side is decoded at a reduced
+    scale (Pillow's ``draft``: 1/2, 1/4 or 1/8) that keeps its longer side at least ``side``; other formats
+    as ``load_film``. Returns the pixels and the film's full (H, W), upright, as its header gives it."""
     with _open_film(path, max_bytes) as f:
-        film = _decode(f, path, max_pixels)
+        film, full = _decode(f, path, max_pixels, side)
     if film.ndim != 2 or film.dtype != np.uint8:
         raise FilmError(path, f"decoded to an unexpected array ({film.dtype}, shape {film.shape}), not a film")
     check_shape(path, film.shape[1], film.shape[0], max_pixels)
     if film.min() == film.max():
         raise FilmError(path, f"blank image: every pixel has the value {int(film.flat[0])}")
-    return np.ascontiguousarray(film)
+    return np.ascontiguousarray(film), (int(full[0]), int(full[1]))
+
+
+def load_film(path: str | os.PathLike, *, max_pixels: int = MAX_PIXELS, max_bytes: int = MAX_FILE_BYTES) -> np.ndarray:
+    """Read one film file -> 2-D uint8, bright = dense, full resolution. Raises FilmError for every problem."""
+    return load_film_reduced(path, None, max_pixels=max_pixels, max_bytes=max_bytes)[0]

@@ -4,8 +4,9 @@ Order of work: the bundle is opened and verified before any film is touched (a t
 mismatched bundle is refused, exit 2); the output folder is locked (one scan at a time); folders
 are walked recursively in sorted order; every film is hashed and skipped when the store already
 holds its result under this model (a run after a kill or a power cut resumes and never
-duplicates). Decoding and preprocessing run on a background thread (bounded queue) while the
-model runs; each film's result is committed before the next starts. At the end CSV, JSON Lines
+duplicates). Decode workers (one thread per core, ``--workers``) hash, decode and preprocess the
+films ahead of the model (a bounded window), the overlays are encoded on the same workers, and one
+writer thread writes each film's overlays and commits its row, in the films' order. At the end CSV, JSON Lines
 and report.html are exported from the database (atomically, on every run, so they always match it).
 
 Exit status: 0 every film scored, 1 some films failed, 2 usage / bundle / store error,
@@ -15,11 +16,10 @@ Exit status: 0 every film scored, 1 some films failed, 2 usage / bundle / store 
 from __future__ import annotations
 
 import argparse
-import queue
 import sys
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -29,15 +29,23 @@ from edge.cli import positive, run_main
 from edge.explain import CamExplainer
 from edge.progress import Progress, StopOnSignal
 from edge.report import export_all, summary_text
-from edge.runtime import DEVICES
+from edge.runtime import DEVICES, usable_cores
 from edge.screen import ALLOWED, REFUSED
-from edge.service import CAM_MODES, Prepared, ScanContext, finish, prepare, score_prepared
-from edge.store import DB_NAME, OutLock, Store
+from edge.service import (
+    CAM_MODES,
+    Prepared,
+    ScanContext,
+    Scored,
+    finish,
+    input_side,
+    prepare_claimed,
+    render_overlays,
+    score_prepared,
+)
+from edge.store import DB_NAME, FilmResult, OutLock, Store
 from edge.walk import collect, path_text
 
 __all__ = ["Summary", "main", "scan_paths"]
-
-_QUEUE_DEPTH = 2
 
 
 @dataclass
@@ -54,38 +62,114 @@ class Summary:
 
 
 # ---------------------------------------------------------------- the pipeline
-#   decode thread: hash, read, preprocess  ->  main: model + CAM  ->  writer thread: overlays, then commit
-# Rows are committed one film at a time, in order; at most one film is being written while the next is
-# scored, so a kill loses at most the films in flight (redone by the next run), never a committed one.
+#   decode workers (threads): hash, read, preprocess, in a window of films ahead  ->  main thread: model + CAM
+#   ->  workers: overlays encoded in memory  ->  writer thread: overlay files, then the commit, in film order
+# Threads, not processes: Pillow, zlib, libjpeg, hashlib and the interpreter release the GIL for their work,
+# and films and results stay in one process (no copies between processes, one SQLite writer; measured in
+# issue 16). Rows are committed one at a time in the films' order; the window and the commit queue are
+# bounded, so memory stays flat; a film is reported done only after its commit (fsynced), and once a commit
+# fails no later film is written, so a kill or a full disk loses at most the films in flight (redone by the
+# next run) and never a committed one.
 
-_END = object()
+class _Claims:
+    """Which film of this run first has each content hash, whichever worker hashes first: a worker skips
+    decoding a film an earlier one already has; the main thread decides duplicates in film order."""
+
+    def __init__(self) -> None:
+        self._first: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def claim(self, sha: str, index: int) -> bool:
+        with self._lock:
+            first = min(self._first.get(sha, index), index)
+            self._first[sha] = first
+            return first == index
 
 
-def _put(q: queue.Queue, item: object, halt: threading.Event) -> bool:
-    while not halt.is_set():
+class _Pipeline:
+    """One scan's stages; ``run`` drives them from the calling thread (the interpreter's)."""
+
+    def __init__(self, paths: Sequence[Path], ctx: ScanContext, summary: Summary, progress: Progress,
+                 workers: int) -> None:
+        self.ctx, self.summary, self.progress = ctx, summary, progress
+        self.done, self.claims, self.side = ctx.store.done(ctx.model.bundle.sha256), _Claims(), input_side(
+            ctx.model.bundle)
+        self.todo = iter(enumerate(paths))
+        self.depth = 2 * workers + 2  # films decoded ahead of the model, and results waiting for their commit
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="edge-decode")
+        self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edge-write")
+        self.ahead: deque[Future] = deque()
+        self.pending: deque[Future] = deque()
+        self.failed = threading.Event()  # a commit failed: no later film is written
+        self.seen: set[str] = set()
+
+    def _read(self, index: int, path: Path) -> Prepared:
+        return prepare_claimed(path, self.done, lambda sha: self.claims.claim(sha, index), self.side)
+
+    def _fill(self) -> None:
+        while len(self.ahead) < self.depth and (nxt := next(self.todo, None)) is not None:
+            self.ahead.append(self.pool.submit(self._read, *nxt))
+
+    def _commit(self, rendered: Future) -> FilmResult:
+        if self.failed.is_set():
+            raise _NotWritten
         try:
-            q.put(item, timeout=0.1)
-            return True
-        except queue.Full:
-            continue
-    return False
+            return finish(rendered.result(), self.ctx)  # the module's ``finish``, looked up at each film
+        except BaseException:
+            self.failed.set()
+            raise
+
+    def _render(self, scored: Scored) -> Future:
+        """The film's overlays encoded on a worker; nothing to encode: a future already done (no queueing)."""
+        if self.ctx.overlays and scored.cams and hasattr(self.ctx.explainer, "render_overlays"):
+            return self.pool.submit(render_overlays, scored, self.ctx)
+        done: Future = Future()
+        done.set_result(scored)
+        return done
+
+    def _skip(self, item: Prepared) -> bool:
+        """Count a film already stored or a copy of an earlier one (decided here, in film order)."""
+        if item.skip is None and item.sha is not None and item.sha in self.seen:
+            item.skip, item.film, item.x = "duplicate", None, None
+        if item.sha is not None:
+            self.seen.add(item.sha)
+        if item.skip:
+            self.summary.skipped[item.skip] += 1
+            self.progress.update(scored=False)
+        return item.skip is not None
+
+    def step(self) -> bool:
+        """Score the next film and queue its overlays and commit; False at the end."""
+        self._fill()
+        if not self.ahead:
+            return False
+        item = self.ahead.popleft().result()
+        if not self._skip(item):
+            scored = score_prepared(item, self.ctx)
+            rendered = self._render(scored)
+            self.pending.append(self.writer.submit(self._commit, rendered))
+        while self.pending and (len(self.pending) > self.depth or self.pending[0].done()):
+            _settle(self.pending.popleft(), self.summary, self.progress)
+        return True
+
+    def drain(self) -> None:
+        while self.pending:
+            _settle(self.pending.popleft(), self.summary, self.progress)
+
+    def close(self) -> None:
+        self.failed.set()  # whatever is still queued is not written
+        for future in (*self.ahead, *self.pending):
+            future.cancel()
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.writer.shutdown(wait=True, cancel_futures=True)
 
 
-def _produce(paths: Sequence[Path], done: set[str], q: queue.Queue, halt: threading.Event) -> None:
-    seen: set[str] = set()
-    try:
-        for path in paths:
-            if halt.is_set() or not _put(q, prepare(path, done, seen), halt):
-                return
-    except BaseException as err:  # noqa: BLE001 - handed to the main thread, which re-raises it
-        _put(q, err, halt)
-    _put(q, _END, halt)
+class _NotWritten(Exception):
+    """A film queued behind a failed commit (never seen by the user: the first failure is raised)."""
 
 
-def _settle(future: Future | None, summary: Summary, progress: Progress) -> None:
-    """Wait for a film's overlays and commit (re-raising a StoreError), then count it."""
-    if future is None:
-        return
+def _settle(future: Future, summary: Summary, progress: Progress) -> None:
+    """Wait for a film's commit (re-raising a StoreError), then count it."""
     result = future.result()
     if result.guard in (REFUSED, ALLOWED):  # the scan's line for a film not recognised as a chest film
         summary.refused += result.guard == REFUSED
@@ -99,49 +183,26 @@ def _settle(future: Future | None, summary: Summary, progress: Progress) -> None
     progress.update(scored=True)
 
 
-def _next(q: queue.Queue, producer: threading.Thread) -> Prepared | None:
-    """The next prepared film, or None at the end."""
-    while True:
-        try:
-            item = q.get(timeout=0.2)
-        except queue.Empty:
-            if producer.is_alive():
-                continue
-            return None
-        if isinstance(item, BaseException):
-            raise item
-        return None if item is _END else item
-
-
 def scan_paths(paths: Sequence[Path], ctx: ScanContext, *, progress: Progress | None = None,
-               interrupt: threading.Event | None = None) -> Summary:
-    """Score every film not yet stored for this model; decoding and writing overlapped with inference.
+               interrupt: threading.Event | None = None, workers: int | None = None) -> Summary:
+    """Score every film not yet stored for this model: ``workers`` decode threads (default: one per core)
+    keep the model fed, results committed in order.
 
-    ``interrupt`` set (by a signal handler) stops the scan after the film being scored.
+    ``interrupt`` set (by a signal handler) stops the scan after the film being scored; the films already
+    scored are committed.
     """
     progress = progress or Progress(len(paths), enabled=False)
     interrupt = interrupt or threading.Event()
-    summary, halt, pending = Summary(total=len(paths)), threading.Event(), None
-    q: queue.Queue = queue.Queue(maxsize=_QUEUE_DEPTH)
-    producer = threading.Thread(target=_produce, args=(paths, ctx.store.done(ctx.model.bundle.sha256), q, halt),
-                                name="edge-decode", daemon=True)
+    summary = Summary(total=len(paths))
     start = time.monotonic()
-    producer.start()
+    pipeline = _Pipeline(paths, ctx, summary, progress, workers or usable_cores())
     try:
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="edge-write") as writer:
-            while not interrupt.is_set() and (item := _next(q, producer)) is not None:
-                if item.skip:
-                    summary.skipped[item.skip] += 1
-                    progress.update(scored=False)
-                    continue
-                scored = score_prepared(item, ctx)
-                _settle(pending, summary, progress)
-                pending = writer.submit(finish, scored, ctx)
-            _settle(pending, summary, progress)
+        while not interrupt.is_set() and pipeline.step():
+            pass
+        pipeline.drain()
     finally:
         summary.stopped = interrupt.is_set()
-        halt.set()
-        producer.join()
+        pipeline.close()
         progress.close()
         summary.seconds = time.monotonic() - start
     return summary
@@ -156,11 +217,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="results folder (database, CSV, JSONL, overlays, report)")
     p.add_argument("--device", choices=DEVICES, default="auto")
     p.add_argument("--threads", type=positive, default=None, help="interpreter threads (default: all cores)")
+    p.add_argument("--workers", type=positive, default=None,
+                   help="decode threads (hash, decode, preprocess, overlays; default: one per core)")
     p.add_argument("--cam", choices=CAM_MODES, default="top",
                    help="heatmaps for the labels over threshold (up to --top; the best label if none), "
                         "for every label, or none")
     p.add_argument("--top", type=positive, default=3, help="at most this many heatmaps per film with --cam top")
-    p.add_argument("--no-overlays", action="store_true", help="compute heatmap peaks but write no overlay PNGs")
+    p.add_argument("--no-overlays", action="store_true", help="compute heatmap peaks but write no overlay pictures")
     p.add_argument("--quiet", action="store_true", help="no progress bar (films that fail are still named)")
     p.add_argument("--verbose", action="store_true", help="also name every file passed over in the folders")
     p.add_argument("--allow-unrecognised", action="store_true",
@@ -189,7 +252,7 @@ def _run(args: argparse.Namespace) -> int:
             print(f"passed over (not a film by name or content): {path_text(path)}", file=sys.stderr)
         with StopOnSignal() as interrupts:
             summary = scan_paths(films, ctx, progress=Progress(len(films), enabled=not args.quiet),
-                                 interrupt=interrupts.event)
+                                 interrupt=interrupts.event, workers=args.workers)
         summary.not_films = passed
         print(summary_text(summary, model, out, export_all(store, out, model.bundle)))
     if summary.stopped:

@@ -4,11 +4,13 @@ Every caller goes through it: ``edge.scan`` (folders; it overlaps the steps of c
 threads), ``edge.capture`` (the Pi camera) and the app. The steps, each usable alone:
 
 1. ``prepare``: hash the file, skip it when the store already holds its result under this model,
-   decode and preprocess it (never raises for a bad film: the error travels with it);
+   decode and preprocess it (never raises for a bad film: the error travels with it); a JPEG much larger
+   than the network and the overlays need is decoded at reduced size (edge.films.load_film_reduced);
 2. ``score_prepared``: the model and the CPU Grad-CAM (no file written);
-3. ``finish``: the overlays (atomically), then the store row, so a row only names files that exist.
+3. ``render_overlays`` (optional, any thread): the overlays encoded in memory, the film scaled once for all;
+4. ``finish``: the overlays written (atomically), then the store row, so a row only names files that exist.
 
-``scan_one`` runs the three for one film. ``findings`` is the pure rule of which labels a film is
+``scan_one`` runs them for one film. ``findings`` is the pure rule of which labels a film is
 flagged for and which get a heatmap.
 """
 
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,15 +27,16 @@ from typing import Any
 import numpy as np
 
 from edge.errors import FilmError, StoreError
-from edge.explain import Explainer
-from edge.fsio import output_error
-from edge.preprocess import preprocess
+from edge.explain import OVERLAY_SIDE, Explainer
+from edge.fsio import atomic_write_bytes, output_error
+from edge.preprocess import PREPROCESS, preprocess
 from edge.screen import judge_result, refuse_unscored, screen_file
 from edge.store import OVERLAYS, FilmResult, Store
 from edge.walk import hash_film_file, path_text
 
-__all__ = ["CAM_MODES", "Findings", "Prepared", "ScanContext", "Scored", "findings", "finish", "overlay_name",
-           "prepare", "safe_stem", "scan_one", "score_prepared"]
+__all__ = ["CAM_MODES", "Findings", "Prepared", "ScanContext", "Scored", "decode", "decode_side", "findings", "finish",
+           "input_side", "overlay_name", "prepare", "prepare_claimed", "render_overlays", "safe_stem", "scan_one",
+           "score_prepared"]
 
 CAM_MODES = ("top", "all", "none")
 _STEM_MAX = 48
@@ -61,7 +64,8 @@ class Prepared:
     path: Path
     shown: str
     sha: str | None = None
-    film: np.ndarray | None = None
+    film: np.ndarray | None = None  # may be a reduced decode of a large JPEG: ``shape`` is the film's own size
+    shape: tuple[int, int] | None = None  # (H, W) of the film, in whose pixels the heatmap peaks are given
     x: np.ndarray | None = None
     decode_ms: float = 0.0
     error: FilmError | None = None
@@ -77,6 +81,8 @@ class Scored:
     item: Prepared
     result: FilmResult
     cams: list = field(default_factory=list)  # (label, 7×7 cam, [(x, y) peaks, hottest first]) per explained label
+    encoded: list[bytes] | None = None  # the overlays rendered in memory (render_overlays), one per cam
+    render_ms: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -108,20 +114,53 @@ def findings(scores: Sequence[float] | np.ndarray, thresholds: Sequence[float], 
 
 # ---------------------------------------------------------------- 1. prepare
 
-def prepare(path: Path, done: set[str], seen: set[str]) -> Prepared:
-    """Hash, check the store's done set, decode and preprocess one film. Never raises for a bad film."""
-    from edge.films import load_film
+def input_side(bundle: Any) -> int:
+    """The network input's side in px, from the bundle's preprocessing spec (edge.preprocess's when absent)."""
+    return int((bundle.spec.get("preprocess") or {}).get("size", PREPROCESS["size"]))
 
+
+def decode_side(side: int) -> int:
+    """The longer side a film needs to keep when decoded at reduced size: twice the network input (for its
+    antialiased resize) and the overlays' side."""
+    return max(2 * side, OVERLAY_SIDE)
+
+
+def decode(path: Path, side: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """A film's pixels and its full (H, W): a JPEG much larger than a ``side`` px input and the overlays need is
+    decoded at reduced size (edge.films.load_film_reduced); PNG, DICOM and the rest in full (edge.films.load_film)."""
+    from edge import films
+
+    if films.sniff(path) == "jpeg":
+        return films.load_film_reduced(path, decode_side(side))
+    film = films.load_film(path)
+    return film, (int(film.shape[0]), int(film.shape[1]))
+
+
+def prepare(path: Path, done: set[str], seen: set[str], side: int | None = None) -> Prepared:
+    """Hash, check the store's done set and this run's ``seen`` hashes, decode and preprocess one film to a
+    ``side`` px input (edge.preprocess's size when None). Never raises for a bad film."""
+    def first(sha: str) -> bool:
+        if sha in seen:
+            return False
+        seen.add(sha)
+        return True
+
+    return prepare_claimed(path, done, first, side)
+
+
+def prepare_claimed(path: Path, done: set[str], claim: Callable[[str], bool], side: int | None = None) -> Prepared:
+    """``prepare`` for decode workers: ``claim(sha)`` says whether this film is the first of its bytes in the
+    run (False: a duplicate, not decoded). Never raises for a bad film."""
     item = Prepared(path=path, shown=path_text(path))
+    side = side or int(PREPROCESS["size"])
     try:
         item.sha = hash_film_file(path)
-        if item.sha in done or item.sha in seen:
+        if item.sha in done or not claim(item.sha):
             item.skip = "done" if item.sha in done else "duplicate"
             return item
-        seen.add(item.sha)
         start = time.perf_counter()
-        item.film = load_film(path)
-        item.x = preprocess(item.film)
+        item.film, item.shape = decode(path, side)
+        item.x = preprocess(item.film, side)
         item.refusal = screen_file(path)
         item.decode_ms = (time.perf_counter() - start) * 1000.0
     except Exception as err:  # noqa: BLE001 - a decoder bug on one film must not end the scan
@@ -149,7 +188,7 @@ def _explain(scored: Scored, ctx: ScanContext, features: np.ndarray, targets: li
     result, start = scored.result, time.perf_counter()
     for index in targets:
         cam = ctx.explainer.cam(features, index)
-        peaks = ctx.explainer.peaks(cam, scored.item.film.shape)
+        peaks = ctx.explainer.peaks(cam, scored.item.shape)
         x, y = peaks[0]
         scored.cams.append((result.labels[index], cam, peaks))
         result.cam.append({"label": result.labels[index], "x": x, "y": y, "peaks": [list(p) for p in peaks],
@@ -167,7 +206,7 @@ def score_prepared(item: Prepared, ctx: ScanContext) -> Scored:
     if item.error is not None:
         result.error_kind, result.error = item.error_kind, str(item.error)
         return scored
-    result.film_height, result.film_width = (int(n) for n in item.film.shape)
+    result.film_height, result.film_width = item.shape
     if item.refusal is not None and not ctx.allow_unrecognised:  # not a chest film by its header or colour
         refuse_unscored(result, item.refusal)
         return scored
@@ -193,20 +232,34 @@ def safe_stem(name: str) -> str:
     return cleaned[:_STEM_MAX] or "film"
 
 
-def overlay_name(film_path: str, sha: str, model_hash: str, label: str) -> str:
-    """``overlays/<stem>-<film hash>-<model hash>-<label>.png``, relative to OUT; never leaves it."""
-    return f"{OVERLAYS}/{safe_stem(film_path)}-{sha[:10]}-{model_hash[:6]}-{safe_stem(label)}.png"
+def overlay_name(film_path: str, sha: str, model_hash: str, label: str, suffix: str = ".png") -> str:
+    """``overlays/<stem>-<film hash>-<model hash>-<label><suffix>``, relative to OUT; never leaves it."""
+    return f"{OVERLAYS}/{safe_stem(film_path)}-{sha[:10]}-{model_hash[:6]}-{safe_stem(label)}{suffix}"
 
 
-def _write_overlay(scored: Scored, ctx: ScanContext, label: str, cam: np.ndarray, peaks: list) -> str:
-    result = scored.result
-    rel = overlay_name(result.film_path, result.file_sha256, result.model_hash, label)
+def render_overlays(scored: Scored, ctx: ScanContext) -> Scored:
+    """Encode the film's overlays in memory when the explainer can (pure compute, any thread; no file)."""
+    render = getattr(ctx.explainer, "render_overlays", None)
+    if ctx.overlays and scored.cams and render is not None and scored.encoded is None:
+        start, item = time.perf_counter(), scored.item
+        scored.encoded = render(item.film, item.shape, scored.cams)
+        scored.render_ms = (time.perf_counter() - start) * 1000.0
+    return scored
+
+
+def _write_overlay(scored: Scored, ctx: ScanContext, index: int) -> str:
+    result, (label, cam, peaks) = scored.result, scored.cams[index]
+    suffix = getattr(ctx.explainer, "overlay_suffix", ".png")
+    rel = overlay_name(result.film_path, result.file_sha256, result.model_hash, label, suffix)
     path = ctx.out_dir / rel
     if path.resolve().parent != (ctx.out_dir / OVERLAYS).resolve():
         raise StoreError(f"refusing to write an overlay outside {ctx.out_dir}: {rel!r}")  # cannot happen
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        ctx.explainer.write_overlay(path, scored.item.film, cam, label, peaks)
+        if scored.encoded is not None:
+            atomic_write_bytes(path, scored.encoded[index])
+        else:
+            ctx.explainer.write_overlay(path, scored.item.film, cam, label, peaks)
     except OSError as err:
         raise output_error(path, err, "write the overlay") from None
     return rel
@@ -214,12 +267,14 @@ def _write_overlay(scored: Scored, ctx: ScanContext, label: str, cam: np.ndarray
 
 def finish(scored: Scored, ctx: ScanContext) -> FilmResult:
     """Write the film's overlays (atomically), then commit its row: a row only ever names files that exist."""
-    result, start = scored.result, time.perf_counter()
+    result = scored.result
     if ctx.overlays:
-        for entry, (label, cam, peaks) in zip(result.cam, scored.cams, strict=True):
-            entry["overlay"] = _write_overlay(scored, ctx, label, cam, peaks)
+        render_overlays(scored, ctx)
+        start = time.perf_counter()
+        for index, entry in enumerate(result.cam):
+            entry["overlay"] = _write_overlay(scored, ctx, index)
             result.overlays.append(entry["overlay"])
-        result.overlay_ms = (time.perf_counter() - start) * 1000.0
+        result.overlay_ms = scored.render_ms + (time.perf_counter() - start) * 1000.0
     ctx.store.add(result)
     return result
 
@@ -228,7 +283,7 @@ def scan_one(path: Path, ctx: ScanContext, shown: str | None = None) -> tuple[Pr
     """One film through the whole path (edge.capture, the app); None when the store already holds it.
 
     ``shown``: the name to store and show instead of ``path`` (the app: the uploaded file's own name)."""
-    item = prepare(Path(path), ctx.store.done(ctx.model.bundle.sha256), set())
+    item = prepare(Path(path), ctx.store.done(ctx.model.bundle.sha256), set(), input_side(ctx.model.bundle))
     if shown is not None:
         item.shown = shown
         if item.error is not None:

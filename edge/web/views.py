@@ -107,7 +107,7 @@ def overlay(row_id: int, index: int) -> Any:
     path = overlay_path(find_result(row_id), index)
     if path is None:
         raise UserError(404, "There is no such heatmap.")
-    return send_file(path, mimetype="image/png", max_age=3600)
+    return send_file(path, max_age=3600)  # image/jpeg or image/png, by the overlay's suffix
 
 
 @pages.get("/history")

@@ -1,0 +1,110 @@
+"""Issue 16's pipeline: large JPEGs decoded at reduced size, overlays from one scaled film, several decode workers
+with results committed in film order, and the bench's bound arithmetic. (Speed itself: ``make bench``.)"""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+from PIL import Image
+
+import edge.service
+from edge.bench import ratios
+from edge.bench_scan import bounds
+from edge.explain import OVERLAY_SIDE, CamExplainer
+from edge.films import load_film, load_film_reduced
+from edge.preprocess import preprocess_gray
+from edge.scan import scan_paths
+from edge.service import ScanContext, decode
+from edge.store import Store
+from tests.edge.test_scan import FakeExplainer, FakeModel, fake_bundle, write_film
+
+
+def _chest(h: int, w: int) -> np.ndarray:
+    y, x = np.mgrid[0:h, 0:w] / max(h, w)
+    return (60 + 120 * np.exp(-((x - 0.5) ** 2 + (y - 0.45) ** 2) * 8) + 40 * np.sin(x * 40)).astype(np.uint8)
+
+
+def test_a_large_jpeg_is_decoded_at_reduced_size_and_says_its_full_size(tmp_path):
+    path = tmp_path / "photo.jpg"
+    Image.fromarray(_chest(1200, 1600)).save(path, quality=92)
+    small, full = load_film_reduced(path, 400)
+    assert full == (1200, 1600) and small.shape == (300, 400)  # 1/4 scale: the longer side still 400 px
+    whole = load_film(path)
+    assert np.abs(preprocess_gray(small, 128).astype(int) - preprocess_gray(whole, 128)).mean() < 2
+    assert load_film_reduced(path, 1000)[0].shape == (1200, 1600)  # not twice as large as needed: in full
+
+
+def test_the_full_size_of_a_reduced_jpeg_is_upright(tmp_path):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned a quarter
+    path = tmp_path / "turned.jpg"
+    Image.fromarray(_chest(1200, 1600)).save(path, quality=92, exif=exif.tobytes())
+    small, full = load_film_reduced(path, 400)
+    assert full == (1600, 1200) and small.shape == (400, 300)
+
+
+def test_the_scan_decodes_a_png_in_full(tmp_path):
+    path = tmp_path / "film.png"
+    Image.fromarray(_chest(1200, 1600)).save(path)
+    film, full = decode(path, 224)
+    assert film.shape == full == (1200, 1600)
+
+
+def test_overlays_of_a_reduced_decode_match_those_of_the_full_film():
+    film = _chest(1200, 1600)
+    half = np.asarray(Image.fromarray(film).resize((800, 600), Image.Resampling.BOX))
+    cam = np.zeros((7, 7), np.float32)
+    cam[2, 5] = 1.0
+    explainer = CamExplainer(SimpleNamespace(task="multilabel"), head=object())
+    cams = [("Nodule", cam, [(1200, 400)])]
+    pictures = [np.asarray(Image.open(io.BytesIO(explainer.render_overlays(f, (1200, 1600), cams)[0])))
+                for f in (film, half)]
+    assert all(p.shape == (384, OVERLAY_SIDE, 3) for p in pictures)
+    assert np.abs(pictures[0].astype(int) - pictures[1]).mean() < 3
+    with Image.open(io.BytesIO(explainer.render_overlays(film, film.shape, cams)[0])) as img:
+        assert img.format == "JPEG"
+
+
+def test_several_workers_commit_in_film_order_and_keep_the_first_copy(tmp_path, monkeypatch):
+    folder = tmp_path / "films"
+    paths = [write_film(folder / f"f{i:02d}.png", seed=i) for i in range(12)]
+    paths[9].write_bytes(paths[2].read_bytes())  # a copy of an earlier film
+    real_hash, slow = edge.service.hash_film_file, {paths[0], paths[2]}
+
+    def hash_late(path: Path) -> str:  # the first films finish last
+        if path in slow:
+            time.sleep(0.2)
+        return real_hash(path)
+
+    monkeypatch.setattr(edge.service, "hash_film_file", hash_late)
+    with Store(tmp_path / "r.sqlite") as store:
+        ctx = ScanContext(model=FakeModel(fake_bundle(tmp_path)), explainer=FakeExplainer(), store=store,
+                          out_dir=tmp_path / "out")
+        summary = scan_paths(paths, ctx, interrupt=threading.Event(), workers=4)
+        stored = [Path(r["film_path"]).name for r in store.rows()]
+    assert summary.scored == 11 and summary.skipped["duplicate"] == 1
+    assert stored == [p.name for i, p in enumerate(paths) if i != 9]
+
+
+def test_bounds_and_ratios():
+    stages = {"hash": 1.0, "decode": 9.0, "preprocess": 2.0, "invoke": 29.0, "cam": 1.0, "overlays": 10.0,
+              "commit": 1.0}
+    b = bounds(stages, cores=2)
+    assert b["bound_no_overlays_films_per_s"] == 50.0 and b["bound_overlays_films_per_s"] == 40.0
+    assert round(b["bound_decoding_films_per_s"], 6) == round(2000 / 12, 6)
+    fig = {**b, **{f"stage_{k}_cpu_ms": v for k, v in stages.items()}, "scan_50_films_per_s": 16.0,
+           "scan_50_cpu_ms_per_film": 66.25, "scan_50_no_overlays_films_per_s": 20.0,
+           "fake_accelerator_films_per_s": 150.0, "fake_accelerator_cpu_ms_per_film": 13.0}
+    r = ratios(fig, (50,), cores=2)
+    assert r["scan_50_over_bound"] == 16 / 40 and r["scan_50_overlays_over_no_overlays"] == 0.8
+    assert r["scan_50_cores_used"] == 1.06 and r["scan_50_cpu_efficiency"] == 0.8  # 53 ms of stages in 66.25
+    over_all = 16 / b["bound_all_stages_overlays_films_per_s"]
+    assert abs(over_all - r["scan_50_cores_used"] / 2 * r["scan_50_cpu_efficiency"]) < 1e-12
+    assert r["scan_50_no_overlays_over_bound"] == 0.4 and "scan_50_no_overlays_cores_used" not in r
+    assert r["fake_accelerator_over_bound"] == 150 / b["bound_decoding_films_per_s"]
+    assert r["fake_accelerator_cpu_efficiency"] == 1.0  # hash + decode + preprocess + commit: 13 ms
