@@ -15,7 +15,7 @@ from typing import Any
 from edge.screen import NOT_RECOGNISED, REFUSED
 
 __all__ = ["DEMO_DISCLAIMER", "PLAIN", "UPLOAD_PREFIX", "ScoreLine", "api_row", "cam_caption", "held_out_auroc",
-           "model_facts", "name_of", "refusal", "score_lines", "source_of", "verdict"]
+           "model_facts", "name_of", "refusal", "score_lines", "source_of", "threshold_note", "verdict"]
 
 DEMO_DISCLAIMER = "This model was trained on phantom films: for demonstration only, not for diagnosis."
 
@@ -57,6 +57,16 @@ def held_out_auroc(spec: dict) -> tuple[str, float] | None:
         if isinstance(value, int | float) and not isinstance(value, bool):
             return name, float(value)
     return None
+
+
+def threshold_note(spec: dict) -> str | None:
+    """Why the thresholds should not be trusted as operating points, when the bundle says they were not chosen on
+    data (convert.importer's defaults for a published model converted without labelled films); else None."""
+    choice = spec.get("threshold_choice") or {}
+    if choice.get("chosen_on_user_data", True):
+        return None
+    return (f"the thresholds ({choice.get('rule', 'defaults')}) were not chosen on films like yours; a flag is only "
+            f"a score over that default")
 
 
 def name_of(row: dict) -> str:
@@ -117,6 +127,8 @@ def model_facts(row: dict, bundle: Any) -> list[tuple[str, str]]:
         facts.append(("Trained on", str(prov.get("data", {}).get("kind", "unknown")) + " films"))
         if found := held_out_auroc(bundle.spec):
             facts.append(("Quality", f"macro AUROC {found[1]:.3f} on held-out {found[0]} films"))
+        if note := threshold_note(bundle.spec):
+            facts.append(("Thresholds", note))
         if prov.get("created") or prov.get("date"):
             facts.append(("Made", str(prov.get("created") or prov.get("date"))))
     else:

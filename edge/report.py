@@ -18,7 +18,7 @@ from typing import Any
 
 from edge.exports import export_csv, export_jsonl
 from edge.fsio import atomic_write_text, output_error
-from edge.present import DEMO_DISCLAIMER, cam_caption, held_out_auroc, score_lines
+from edge.present import DEMO_DISCLAIMER, cam_caption, held_out_auroc, score_lines, threshold_note
 from edge.progress import printable
 from edge.screen import ALLOWED, NOT_RECOGNISED, REFUSED, guard_notes
 from edge.store import DB_NAME, OVERLAYS, Store
@@ -60,7 +60,7 @@ def render_report(rows: list[dict], bundle: Any, other_models: int = 0) -> str:
     cards = {name: [_film(r, bundle) for r in group]
              for name, group in (("flagged", flagged), ("clear", clear), ("failed", failed), ("refused", refused))}
     model = {"sha": bundle.sha256[:12], "task": bundle.task, "labels": len(bundle.labels),
-             "auroc": _auroc_text(bundle.spec)}
+             "auroc": _auroc_text(bundle.spec), "thresholds": threshold_note(bundle.spec)}
     return render("report.html", style=stylesheet(), demo=bundle.is_demo, disclaimer=DEMO_DISCLAIMER,
                   n_ok=len(flagged) + len(clear), n_failed=len(failed), n_refused=len(refused),
                   other_models=other_models, model=model, **cards)
@@ -139,6 +139,8 @@ def summary_text(summary: Any, model: Any, out_dir: Path, exports: dict[str, Pat
     if auroc := _auroc_text(model.bundle.spec):
         lines.append(f"Model: {auroc} (from its training metrics)")
     lines.extend(f"Note: {note}" for note in guard_notes(model.bundle.spec.get("novelty")))  # guard hook
+    if note := threshold_note(model.bundle.spec):
+        lines.append(f"Note: {note}")
     if model.bundle.is_demo:
         lines.append(f"*** {DEMO_DISCLAIMER} ***")
     return "\n".join(printable(line) for line in lines)

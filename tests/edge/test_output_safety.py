@@ -109,3 +109,17 @@ def test_store_keeps_exact_names(tmp_path):
     with Store(tmp_path / "r.sqlite") as s:
         s.add(result("a" * 64, path="=1+1\n<script>"))
         assert next(s.rows())["film_path"] == "=1+1\n<script>"
+
+
+def test_default_thresholds_are_said_wherever_scores_are_shown(tmp_path):
+    """A published model converted without labelled films (convert.importer) has default thresholds: report.html
+    and the app's model facts say they were not chosen on such films; a bundle with chosen ones says nothing."""
+    from edge.present import model_facts, threshold_note
+
+    bundle = fake_bundle(tmp_path)
+    ok = {"film_path": "a.png", "status": "ok", "error": None, "flagged": [], "overlays": [], "cam": [],
+          "scores": {"Cardiomegaly": 0.1, "Effusion": 0.2, "Pneumothorax": 0.3}, "model_hash": bundle.sha256}
+    assert threshold_note(bundle.spec) is None and "not chosen" not in render_report([ok], bundle)
+    bundle.spec["threshold_choice"] = {"rule": "default 0.5", "chosen_on_user_data": False}
+    assert "not chosen on films like yours" in render_report([ok], bundle)
+    assert any(k == "Thresholds" and "default 0.5" in v for k, v in model_facts(ok, bundle))
