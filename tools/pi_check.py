@@ -150,13 +150,14 @@ def serve_check(work: Path, bundle: Path, out: Path, cpu: str, log: Path) -> str
         name = Path(shown["film_path"]).name
         if status != 200 or name not in html.decode():
             raise CheckError(f"{shown['url']}: status {status}, the film's name {name} not on the page")
-        status, kind, png = _get(shown["overlay_urls"][0])
-        if status != 200 or kind != "image/png" or not png.startswith(b"\x89PNG"):
-            raise CheckError(f"{shown['overlay_urls'][0]}: status {status}, {kind}, not a PNG heatmap")
+        status, kind, image = _get(shown["overlay_urls"][0])
+        magic = {"image/jpeg": b"\xff\xd8\xff", "image/png": b"\x89PNG"}.get(kind)  # the scan writes JPEG overlays
+        if status != 200 or magic is None or not image.startswith(magic):
+            raise CheckError(f"{shown['overlay_urls'][0]}: status {status}, {kind}, not a JPEG or PNG heatmap")
         proc.send_signal(signal.SIGTERM)
         if proc.wait(timeout=120) != 0:
             raise CheckError(f"edge.serve did not stop cleanly on SIGTERM (exit {proc.returncode})")
-        return f"{shown['url']} ({name}: page {len(html)} bytes, heatmap {len(png)} bytes)"
+        return f"{shown['url']} ({name}: page {len(html)} bytes, heatmap {len(image)} bytes, {kind})"
     finally:
         end_process(proc)
 
