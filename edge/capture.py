@@ -18,6 +18,10 @@ Modes: ``--key`` (default; Enter captures, then Enter keeps, r retakes, q quits)
 
 from __future__ import annotations
 
+# isort: off
+import edge._blas  # noqa: F401 - first, before numpy loads: one OpenBLAS thread
+# isort: on
+
 import argparse
 import io
 import sys

@@ -15,6 +15,10 @@ Exit status: 0 every film scored, 1 some films failed, 2 usage / bundle / store 
 
 from __future__ import annotations
 
+# isort: off
+import edge._blas  # noqa: F401 - first, before numpy loads: one OpenBLAS thread
+# isort: on
+
 import argparse
 import sys
 import threading

@@ -13,6 +13,10 @@ Exit status: 0 stopped with Ctrl-C or SIGTERM (every stored result kept), 2 usag
 
 from __future__ import annotations
 
+# isort: off
+import edge._blas  # noqa: F401 - first, before numpy loads: one OpenBLAS thread
+# isort: on
+
 import argparse
 import signal
 import sys
