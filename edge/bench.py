@@ -45,7 +45,7 @@ from PIL import Image
 from edge.cli import run_main
 from edge.errors import EdgeError
 
-__all__ = ["main", "make_films"]
+__all__ = ["main", "make_films", "run_scan"]
 
 DEFAULT_BUNDLE = Path("demo-out/bundle")
 DEFAULT_FILMS = (Path("demo-out/field/images"), Path("demo-out/phantoms/images"))
@@ -178,7 +178,7 @@ def _run_child(argv: list[str]) -> tuple[float, float, float]:
     return wall, float(rss_kib) / 1024.0, float(cpu)  # Linux: KiB
 
 
-def _scan(bundle: Path, films: Path, out: Path, threads: int, *extra: str) -> tuple[float, float, float]:
+def run_scan(bundle: Path, films: Path, out: Path, threads: int, *extra: str) -> tuple[float, float, float]:
     """(wall s, peak RSS MiB, CPU s) of one scan."""
     argv = [sys.executable, "-m", "edge.scan", str(films), "--bundle", str(bundle), "--out", str(out), "--quiet",
             "--device", "cpu", "--threads", str(threads), *extra]
@@ -206,12 +206,12 @@ def scan_figures(bundle: Path, films: Path, work: Path, threads: int, counts: tu
     """Start-up cost, then films/s, CPU per film and peak memory of scans of ``counts`` films, with and without
     overlays (films/s and CPU with the start-up taken out)."""
     (work / "empty").mkdir()
-    startup, _, startup_cpu = _scan(bundle, work / "empty", work / "out-empty", threads)
+    startup, _, startup_cpu = run_scan(bundle, work / "empty", work / "out-empty", threads)
     fig: dict[str, float] = {"scan_startup_s": startup}
     for n in counts:
         folder = _folder(films, work, n)
         for tag, extra in (("", ()), ("_no_overlays", ("--no-overlays",))):
-            wall, rss, cpu = _scan(bundle, folder, work / f"out-{n}{tag}", threads, *extra)
+            wall, rss, cpu = run_scan(bundle, folder, work / f"out-{n}{tag}", threads, *extra)
             fig[f"scan_{n}{tag}_films_per_s"] = n / max(wall - startup, 1e-9)
             fig[f"scan_{n}{tag}_cpu_ms_per_film"] = 1000.0 * max(cpu - startup_cpu, 0.0) / n
             fig[f"scan_{n}{tag}_peak_rss_mib"] = rss

@@ -18,7 +18,7 @@ from typing import Any
 
 from edge.exports import export_csv, export_jsonl
 from edge.fsio import atomic_write_text, output_error
-from edge.present import DEMO_DISCLAIMER, cam_caption, held_out_auroc, score_lines, threshold_note
+from edge.present import DEMO_DISCLAIMER, cam_caption, held_out_auroc, refusal, score_lines, threshold_note
 from edge.progress import printable
 from edge.screen import ALLOWED, NOT_RECOGNISED, REFUSED, guard_notes
 from edge.store import DB_NAME, OVERLAYS, Store
@@ -45,7 +45,7 @@ def _film(row: dict, bundle: Any) -> dict[str, Any]:
     return {"name": Path(path).name or path, "path": path, "error": row.get("error"),
             "lines": score_lines(row, bundle, same_model=True) if row["status"] == "ok" else [],
             "cams": [{"overlay": cam.get("overlay"), "caption": cam_caption(cam)} for cam in row.get("cam") or []],
-            "refusal": row.get("refusal") or NOT_RECOGNISED, "novelty": row.get("novelty"),
+            "refusal": refusal(row), "novelty": row.get("novelty"),
             "allowed": row.get("refusal") or NOT_RECOGNISED if row.get("guard") == ALLOWED else None}
 
 

@@ -30,9 +30,10 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-from edge.bench import DEFAULT_BUNDLE, DEFAULT_FILMS, FILM_SIDE, make_films
+from edge.bench import DEFAULT_BUNDLE, DEFAULT_FILMS, FILM_SIDE, make_films, run_scan
 from edge.cli import run_main
 from edge.errors import EdgeError
+from edge.runtime import usable_cores
 
 __all__ = ["main", "multipart", "rss_mib"]
 
@@ -55,18 +56,13 @@ def rss_mib(pid: int) -> tuple[float, float]:
     return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
 
 
-def _scan_seconds(bundle: Path, films: Path, out: Path) -> float:
-    start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "edge.scan", str(films), "--bundle", str(bundle), "--out", str(out),
-                    "--quiet", "--device", "cpu"], check=True, capture_output=True)
-    return time.perf_counter() - start
-
-
 def scan_ms_per_film(bundle: Path, films: Path, work: Path) -> float:
+    """The scan's time per film on ``films`` (edge.bench's scan run, its start-up on an empty folder taken out)."""
     (work / "empty").mkdir()
-    startup = _scan_seconds(bundle, work / "empty", work / "scan-empty")
+    threads = usable_cores()  # as the scan's own default
+    startup = run_scan(bundle, work / "empty", work / "scan-empty", threads)[0]
     n = len(list(films.iterdir()))
-    return (_scan_seconds(bundle, films, work / "scan-out") - startup) * 1000 / n
+    return (run_scan(bundle, films, work / "scan-out", threads)[0] - startup) * 1000 / n
 
 
 class Server:

@@ -203,8 +203,9 @@ class Engine:
                 frame = self.camera.capture_array()
             except Exception as err:  # noqa: BLE001 - a camera that fails is a message, not a crash
                 raise CameraError(f"the camera did not answer ({type(err).__name__}: {err})") from None
+            frame = np.asarray(frame)
             film, problems = check_frame(frame)
-            preview = Image.fromarray(np.asarray(frame)[..., :3] if np.asarray(frame).ndim == 3 else frame)
+            preview = Image.fromarray(frame[..., :3] if frame.ndim == 3 else frame)
             preview.thumbnail((_PREVIEW_SIDE, _PREVIEW_SIDE))
             buf = io.BytesIO()
             preview.convert("RGB").save(buf, format="JPEG", quality=85)
