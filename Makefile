@@ -8,6 +8,8 @@ STAMP := $(VENV)/.installed-stamp
 DEMO ?= demo-out
 FILMS ?=
 PYTEST_ARGS ?=
+# The suite runs on two pytest-xdist workers (the slow artefacts build in the background meanwhile: tests/conftest.py)
+TEST_WORKERS ?= 2
 
 SPREAD ?= spread-out
 SEEDS ?= 0 1 2
@@ -27,7 +29,7 @@ lint: install
 	$(VENV)/bin/ruff check .
 
 test: install lint
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 # The whole chain on phantom films: generate -> train -> convert -> scan. FILMS="a.png dir/" adds yours.
 # Safe to run again: finished stages with unchanged inputs are reused, an unfinished training resumes

@@ -1,65 +1,65 @@
 """Shared fixtures: the real test data, and one briefly trained model + bundle per session.
 
-The slow artefacts (phantom set, trained DenseNet-121, converted bundle) are built once per
-session through the stages' own command-line entry points, each in a subprocess with no
-network (tests/offline.py; a fresh network namespace where allowed): network.log beside
-each artefact records any attempt, and tests/test_no_network.py asserts there was none. They are cached under
-``.cache/test-artifacts/<key>`` where the key hashes the code that makes them, so a re-run
-with unchanged stages reuses them; set XRAY_TEST_ARTIFACTS to use another folder.
+The slow artefacts (phantom set, trained DenseNet-121, converted bundle) are built once and cached by
+tests/artifacts.py, through the stages' own command lines with no network (tests/test_no_network.py asserts there
+was no attempt). When collection shows that a test needs them, a builder starts in the background at once and the
+tests that need none run first, so the build overlaps them; a test that needs an artefact waits for it.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
+import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from convert.spread import CONVERT_ARGS, PHANTOMS, TRAIN_ARGS
-from train.repro import pinned_env
+# Before anything loads PyTorch: its OpenMP threads wait passively, as the train command's do (train/__main__.py).
+# Spinning threads made the tests that train in this process 10-30x slower beside the background build or another
+# xdist worker (test_training_steps_lower_the_loss: 4 s alone, 108 s beside them).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests import artifacts  # noqa: E402
+from tests.artifacts import NETNS, ROOT, BuildError, run_offline  # noqa: E402, F401  (tests import these from here)
+
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
-# What the session model is made from; changing any of these files rebuilds it.
-_ARTIFACT_SOURCES = tuple(sorted(str(p.relative_to(ROOT)) for p in (ROOT / "train").glob("*.py"))) + (
-    "edge/preprocess.py", "edge/films.py", "edge/decode.py", "edge/dicom.py", "tests/offline.py")
-_CONVERT_SOURCES = tuple(str(p.relative_to(ROOT)) for p in sorted((ROOT / "convert").glob("*.py")))
-
-# The session recipe (convert.spread, which also measures it over training seeds): ~190 held-out films,
-# enough positives per label to measure |dAUROC| to 0.005.
-PHANTOM_PATIENTS, PHANTOM_SEED, PHANTOM_TEST_FRACTION = (PHANTOMS[k] for k in ("patients", "seed", "test_fraction"))
+# The fixtures that need a built artefact, and the last stage each needs.
+_NEEDS = {"bundle_dir": "bundle", "checkpoint": "run", "trained_run": "run", "phantom_set": "phantoms"}
+_builder: subprocess.Popen | None = None
 
 
-def _netns_prefix() -> list[str]:
-    """``unshare -n`` puts a command in a new network namespace with no interfaces up, where allowed."""
-    unshare = shutil.which("unshare")
-    if unshare and subprocess.run([unshare, "-n", "true"], capture_output=True, check=False).returncode == 0:
-        return [unshare, "-n"]
-    return []
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Start the artefacts' builder in the background when a test needs one, and run the tests that need none
+    first (in the order collected), so the build overlaps them (under pytest-xdist too: every worker collects
+    the same and the first builder wins)."""
+    global _builder
+    stages = {_NEEDS[f] for item in items for f in getattr(item, "fixturenames", ()) if f in _NEEDS}
+    if not stages:
+        return
+    stage = max(stages, key=artifacts.STAGES.index)
+    _builder = artifacts.start_in_background(stage)
+    needing = {id(item) for item in items if _NEEDS.keys() & set(getattr(item, "fixturenames", ()))}
+    items[:] = [i for i in items if id(i) not in needing] + [i for i in items if id(i) in needing]
 
 
-NETNS = _netns_prefix()
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """A builder still running when the tests end (-x, -k, an interrupt) is stopped: a half build is never reused."""
+    if _builder is not None and _builder.poll() is None:
+        os.killpg(_builder.pid, signal.SIGTERM)
+        try:
+            _builder.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(_builder.pid, signal.SIGKILL)
 
 
-def run_offline(module: str, args: list[str], log: Path, timeout: float = 1800,
-                env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """Run ``python -m module args`` with no network (tests/offline.py); network attempts go to ``log``."""
-    cmd = [*NETNS, sys.executable, str(ROOT / "tests" / "offline.py"), str(log), module, *args]
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False, env=env)
-
-
-def _run_stage(module: str, args: list[str], out: Path) -> None:
-    """A fixture stage, with the CPU's instruction sets and threads pinned (train.repro): the session's
-    phantoms, model and bundle are the same on every x86-64 machine, so its quality figures are too."""
-    proc = run_offline(module, args, out / "network.log", env=pinned_env())
-    (out / f"{module}.log").write_text(proc.stdout + proc.stderr)
-    tail = (proc.stdout + proc.stderr)[-4000:]
-    assert proc.returncode == 0, f"python -m {module} failed ({proc.returncode}):\n{tail}"
+def _built(make, *args) -> Path:
+    try:
+        return make(*args)
+    except BuildError as err:
+        pytest.fail(str(err))
 
 
 def shared_data_dir() -> Path | None:
@@ -84,42 +84,10 @@ def test_data() -> Path:
     return path
 
 
-def _key(files: tuple[str, ...], extra: str) -> str:
-    h = hashlib.sha256(extra.encode())
-    for name in files:
-        p = ROOT / name
-        h.update(name.encode() + (p.read_bytes() if p.is_file() else b"<missing>"))
-    return h.hexdigest()[:16]
-
-
-def _artifact_root() -> Path:
-    return Path(os.environ.get("XRAY_TEST_ARTIFACTS", ROOT / ".cache" / "test-artifacts"))
-
-
-def _build_once(name: str, key: str, build) -> Path:
-    """Build into a temp folder and rename into place, so an interrupted build is never reused."""
-    final = _artifact_root() / f"{name}-{key}"
-    if (final / ".complete").is_file():
-        return final
-    tmp = final.with_name(final.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    build(tmp)
-    (tmp / ".complete").write_text("ok\n")
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
-    return final
-
-
 @pytest.fixture(scope="session")
 def phantom_set() -> Path:
     """A phantom set in NIH layout (images/, Data_Entry_2017.csv, BBox_List_2017.csv, split lists)."""
-    def build(tmp: Path) -> None:
-        _run_stage("train.phantoms", ["--out", str(tmp), "--patients", str(PHANTOM_PATIENTS), "--seed",
-                                      str(PHANTOM_SEED), "--test-fraction", str(PHANTOM_TEST_FRACTION), "--quiet"], tmp)
-    key = _key(("train/phantoms.py", "train/phantom_draw.py", "train/repro.py", "tests/offline.py"),
-               f"{PHANTOM_PATIENTS}-{PHANTOM_SEED}-{PHANTOM_TEST_FRACTION}")
-    return _build_once("phantoms", key, build)
+    return _built(artifacts.phantoms)
 
 
 @pytest.fixture
@@ -135,9 +103,7 @@ def few_films(phantom_set: Path, tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def trained_run(phantom_set: Path) -> Path:
     """A run folder of the real DenseNet-121 trained briefly on the CPU (preset 'test')."""
-    def build(tmp: Path) -> None:
-        _run_stage("train", ["--data", str(phantom_set), "--out", str(tmp), *TRAIN_ARGS], tmp)
-    return _build_once("run", _key(_ARTIFACT_SOURCES, phantom_set.name), build)
+    return _built(artifacts.run, phantom_set)
 
 
 @pytest.fixture(scope="session")
@@ -148,10 +114,4 @@ def checkpoint(trained_run: Path) -> Path:
 @pytest.fixture(scope="session")
 def bundle_dir(checkpoint: Path, phantom_set: Path) -> Path:
     """The model bundle convert makes from the session checkpoint (int8 + fp32 TFLite)."""
-    def build(tmp: Path) -> None:
-        # Relaxed int8 limits so a bundle always exists for the tests that use one; the default limits
-        # are asserted on its fidelity report by tests/convert/test_end_to_end.py.
-        _run_stage("convert", [str(checkpoint), "--data", str(phantom_set), "--out", str(tmp / "bundle"),
-                               *CONVERT_ARGS], tmp)
-    root = _build_once("bundle", _key(_ARTIFACT_SOURCES + _CONVERT_SOURCES, checkpoint.parent.name), build)
-    return root / "bundle"
+    return _built(artifacts.bundle, checkpoint, phantom_set)

@@ -205,13 +205,32 @@ def _summary(records: list[dict], test: set[int], args: dict) -> dict:
             "films": records}
 
 
+def _render_png(film: Film, size: int) -> tuple[bytes, list]:
+    img, lesions = render(film, size)
+    return _png(img), lesions
+
+
+def _rendered(films: list[Film], size: int):
+    """(PNG bytes, lesions) per film, in order: rendered in one process per core (each film is a function of its
+    spec alone, so the files are the same bits whatever the count)."""
+    cores = min(len(os.sched_getaffinity(0)), 8)
+    if cores < 2 or len(films) < 8:
+        yield from (_render_png(f, size) for f in films)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    # spawn, not fork: a caller may hold threads (PyTorch's, a test runner's) that a forked child must not inherit
+    with ProcessPoolExecutor(cores, mp_context=multiprocessing.get_context("spawn")) as pool:
+        yield from pool.map(_render_png, films, [size] * len(films), chunksize=4)
+
+
 def _write_set(out: Path, films: list[Film], size: int, test: set[int]) -> list[dict]:
     """Render and write every film, then the CSVs and split lists; returns the per-film records."""
     (out / "images").mkdir(parents=True, exist_ok=True)
     records, boxes, entries = [], [], []
-    for film in films:
-        img, lesions = render(film, size)
-        _write_bytes(out / "images" / film.name, _png(img))
+    for film, (png, lesions) in zip(films, _rendered(films, size), strict=True):
+        _write_bytes(out / "images" / film.name, png)
         labels = sorted({label for label, _ in lesions})  # only what was drawn and boxed
         boxes += [[film.name, label, *box] for label, box in lesions]
         entries.append(_entry_row(film, labels, size))

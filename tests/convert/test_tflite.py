@@ -38,3 +38,11 @@ def test_onnx2tf_sample_file_is_written_from_our_films(tmp_path):
     sample = np.load(path)
     assert sample.shape == (20, 128, 128, 3) and sample.dtype == np.float32
     assert float(sample.min()) == 1.0 == float(sample.max())
+
+
+def test_the_thread_count_does_not_change_a_bit(bundle_dir):
+    """Conversion runs its interpreters on every core; the session model's outputs are the same bits on one."""
+    images = np.random.default_rng(0).integers(0, 256, (3, 224, 224, 3), dtype=np.uint8)
+    for name in ("model_int8.tflite", "model_fp32.tflite"):
+        one, two = tflite_run(bundle_dir / name, images, threads=1), tflite_run(bundle_dir / name, images, threads=2)
+        assert all(np.array_equal(a, b) for a, b in zip(one, two, strict=True)), name

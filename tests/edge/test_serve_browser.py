@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -142,6 +143,9 @@ def test_report_html_reads_on_a_phone(driver, site, site_out, phantom_set):
     from selenium.webdriver.common.by import By
 
     _upload(driver, site, sorted((phantom_set / "images").glob("*.png"))[0])
+    # The exports are rebuilt a moment after an upload, in the background; a download rebuilds them first.
+    with urllib.request.urlopen(site + "downloads/report", timeout=60) as resp:
+        assert resp.status == 200 and b'class="film' in resp.read()
     driver.get((site_out / "report.html").resolve().as_uri())
     assert driver.find_elements(By.CSS_SELECTOR, "article.film")
     thumbs = driver.find_elements(By.CSS_SELECTOR, ".thumbs img")
