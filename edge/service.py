@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -136,7 +136,7 @@ def decode(path: Path, side: int) -> tuple[np.ndarray, tuple[int, int]]:
     return film, (int(film.shape[0]), int(film.shape[1]))
 
 
-def prepare(path: Path, done: set[str], seen: set[str], side: int | None = None) -> Prepared:
+def prepare(path: Path, done: Container[str], seen: set[str], side: int | None = None) -> Prepared:
     """Hash, check the store's done set and this run's ``seen`` hashes, decode and preprocess one film to a
     ``side`` px input (edge.preprocess's size when None). Never raises for a bad film."""
     def first(sha: str) -> bool:
@@ -148,7 +148,8 @@ def prepare(path: Path, done: set[str], seen: set[str], side: int | None = None)
     return prepare_claimed(path, done, first, side)
 
 
-def prepare_claimed(path: Path, done: set[str], claim: Callable[[str], bool], side: int | None = None) -> Prepared:
+def prepare_claimed(path: Path, done: Container[str], claim: Callable[[str], bool],
+                    side: int | None = None) -> Prepared:
     """``prepare`` for decode workers: ``claim(sha)`` says whether this film is the first of its bytes in the
     run (False: a duplicate, not decoded). Never raises for a bad film."""
     item = Prepared(path=path, shown=path_text(path))
@@ -283,7 +284,7 @@ def scan_one(path: Path, ctx: ScanContext, shown: str | None = None) -> tuple[Pr
     """One film through the whole path (edge.capture, the app); None when the store already holds it.
 
     ``shown``: the name to store and show instead of ``path`` (the app: the uploaded file's own name)."""
-    item = prepare(Path(path), ctx.store.done(ctx.model.bundle.sha256), set(), input_side(ctx.model.bundle))
+    item = prepare(Path(path), ctx.store.done_lookup(ctx.model.bundle.sha256), set(), input_side(ctx.model.bundle))
     if shown is not None:
         item.shown = shown
         if item.error is not None:

@@ -29,7 +29,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Container, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -80,6 +80,7 @@ CREATE TABLE IF NOT EXISTS results (
     refusal      TEXT,
     UNIQUE (file_sha256, model_hash)
 );
+CREATE INDEX IF NOT EXISTS results_by_path ON results (film_path, model_hash);
 """
 _JSON_COLUMNS = ("labels", "scores", "flagged", "cam", "overlays")
 
@@ -131,6 +132,14 @@ _UPSERT = (f"INSERT INTO results ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' 
 _RETIRE = "DELETE FROM results WHERE film_path=? AND model_hash=? AND status='error' AND file_sha256<>?"
 
 
+class _DoneLookup:
+    def __init__(self, store: Store, model_hash: str):
+        self.store, self.model_hash = store, model_hash
+
+    def __contains__(self, sha: object) -> bool:
+        return isinstance(sha, str) and self.store.has_result(sha, self.model_hash)
+
+
 class Store:
     """The SQLite results database. Use as a context manager or call ``close()``."""
 
@@ -172,6 +181,11 @@ class Store:
     def has_result(self, sha256: str, model_hash: str) -> bool:
         """True when this film already has a final (``ok``) result from this model."""
         return self.status(sha256, model_hash) == "ok"
+
+    def done_lookup(self, model_hash: str) -> Container[str]:
+        """``sha in done_lookup(model)`` asks the store for one film (``done`` reads every hash: a scan's start,
+        not each upload of an app whose store grows all year)."""
+        return _DoneLookup(self, model_hash)
 
     def done(self, model_hash: str) -> set[str]:
         """File hashes with a final result from this model (what a resumed scan skips)."""

@@ -32,17 +32,19 @@ _builder: subprocess.Popen | None = None
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Start the artefacts' builder in the background when a test needs one, and run the tests that need none
-    first (in the order collected), so the build overlaps them (under pytest-xdist too: every worker collects
-    the same and the first builder wins)."""
+    """Start the artefacts' builder in the background when a test needs one, and run the tests in the order the
+    builder finishes what they need (none, then the phantoms, the trained run, the bundle), so the build overlaps
+    them (under pytest-xdist too: every worker collects the same and the first builder wins)."""
     global _builder
-    stages = {_NEEDS[f] for item in items for f in getattr(item, "fixturenames", ()) if f in _NEEDS}
-    if not stages:
-        return
-    stage = max(stages, key=artifacts.STAGES.index)
-    _builder = artifacts.start_in_background(stage)
-    needing = {id(item) for item in items if _NEEDS.keys() & set(getattr(item, "fixturenames", ()))}
-    items[:] = [i for i in items if id(i) not in needing] + [i for i in items if id(i) in needing]
+
+    def needs(item: pytest.Item) -> int:  # 0: nothing built; 1, 2, 3: up to phantoms, run, bundle
+        return max((artifacts.STAGES.index(_NEEDS[f]) + 1 for f in getattr(item, "fixturenames", ()) if f in _NEEDS),
+                   default=0)
+
+    last = max(map(needs, items), default=0)
+    if last and not config.option.collectonly:
+        _builder = artifacts.start_in_background(artifacts.STAGES[last - 1])
+        items.sort(key=needs)  # stable: in the order collected within each stage
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

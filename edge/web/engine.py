@@ -138,6 +138,7 @@ class Engine:
         self.keep_uploads = keep_uploads
         self._lock = threading.Lock()
         self._stale = False  # a stored result is not in the exports yet (guarded by _lock)
+        self._swept = False  # uploads/ cleared of a killed app's temp files (guarded by _lock)
         self._due = threading.Event()  # wakes the exporter
         self._exporter: threading.Thread | None = None
 
@@ -164,7 +165,9 @@ class Engine:
     def _store(self, store: Store, data: bytes, fmt: str, name: str) -> Outcome:
         sha = hashlib.sha256(data).hexdigest()
         folder = self.out_dir / UPLOADS
-        remove_stale_temp_files(folder)
+        if not self._swept:  # only this app writes uploads/: a killed one's temp files, once (not a listing per upload)
+            remove_stale_temp_files(folder)
+            self._swept = True
         path = folder / f"{sha}.{fmt}"
         try:
             folder.mkdir(parents=True, exist_ok=True)

@@ -67,6 +67,25 @@ def test_resume_after_reopen(tmp_path):
         assert s.has_result("a" * 64, MODEL) and s.count() == 1 and s.integrity_check() == "ok"
 
 
+def test_done_lookup_asks_for_one_film_as_done_does_for_all(store):
+    store.add(result("a" * 64))
+    store.add(result("b" * 64, status="error", path="films/b.png"))
+    lookup = store.done_lookup(MODEL)
+    assert ("a" * 64 in lookup, "b" * 64 in lookup, "c" * 64 in lookup) == (True, False, False)
+    assert {"a" * 64} == store.done(MODEL) and "a" * 64 not in store.done_lookup("n" * 64)
+
+
+def test_a_commit_and_a_lookup_use_indexes_not_a_pass_over_the_table(store):
+    """An app's store grows all year: what each upload asks of it must not grow with it."""
+    from edge.store import _RETIRE
+
+    def plan(sql: str, args: tuple) -> str:
+        return " ".join(str(row[-1]) for row in store._db.execute("EXPLAIN QUERY PLAN " + sql, args))
+
+    assert "USING INDEX" in plan(_RETIRE, ("films/a.png", MODEL, "a" * 64))
+    assert "USING INDEX" in plan("SELECT status FROM results WHERE file_sha256=? AND model_hash=?", ("a" * 64, MODEL))
+
+
 def test_jsonl_round_trip(store, tmp_path):
     store.add(result("a" * 64, path="weird\nname \u00e9.png", cam=[{"label": "Effusion", "x": 3, "y": 4,
                                                                      "overlay": "overlays/x.png"}]))
