@@ -12,7 +12,8 @@ One ``Engine`` per app. ``submit`` takes the uploaded bytes and the name the pho
    sent) and runs ``edge.service.scan_one`` (the scan's own scoring, CAM, overlays and store row): the result
    is committed before the page answers.
 4. results.csv, results.jsonl and report.html (edge.report.export_all) are rebuilt from the store by a
-   background thread, a moment after the last upload (a burst of uploads is one rebuild), and before any
+   background thread once uploads pause for a second (a burst is one rebuild; a minute at most while they
+   keep coming), and before any
    download of them and at shutdown (``flush_exports``). Rebuilding them costs time in proportion to the
    whole store, so doing it inside each upload would make every upload slower than the last; a kill before
    the rebuild loses nothing (the store has the result, and the next scan or start of the app rebuilds them).
@@ -58,7 +59,8 @@ _NAME_MAX = 120
 _LOCK_WAIT = 10.0  # seconds an upload waits for a scan to let go of the folder before it is refused
 _PREVIEW_SIDE = 960  # px, the longer side of a camera preview sent to the page
 _SHOTS_KEPT = 4  # camera frames kept for "keep" at a time (one per person taking pictures)
-_EXPORT_DELAY = 1.0  # seconds after an upload before the exports are rebuilt (uploads meanwhile join in)
+_EXPORT_QUIET = 1.0  # seconds without an upload before the exports are rebuilt (a burst is one rebuild)
+_EXPORT_MAX_LAG = 60.0  # seconds at most between an upload and its rebuild while uploads keep coming
 _CAMERA_TAGS = (0x010F, 0x0110)  # EXIF Make, Model
 _READABLE = ", ".join(k.upper() for k in FORMATS if k != "dicom") + " or DICOM"
 
@@ -245,8 +247,16 @@ class Engine:
             self._exporter.start()
 
     def _export_loop(self) -> None:
+        """Rebuild once uploads pause for ``_EXPORT_QUIET`` s, or ``_EXPORT_MAX_LAG`` s after the first waiting one.
+        A rebuild holds the upload lock for a time that grows with the store, so
+        under a stream of uploads rebuilding every second made every upload wait behind it."""
         while self._due.wait():
-            time.sleep(_EXPORT_DELAY)
+            first = time.monotonic()
+            while True:
+                self._due.clear()
+                time.sleep(_EXPORT_QUIET)
+                if not self._due.is_set() or time.monotonic() - first >= _EXPORT_MAX_LAG:
+                    break
             self._due.clear()
             try:
                 self.flush_exports()

@@ -9,6 +9,7 @@ import os
 import re
 import stat
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -321,6 +322,29 @@ def test_the_exports_catch_up_in_the_background(tmp_path):
         while time.monotonic() < deadline and not (report.is_file() and "later.png" in report.read_text()):
             time.sleep(0.1)
     assert "later.png" in report.read_text() and "later.png" in (tmp_path / "out" / "results.csv").read_text()
+
+
+def test_a_stream_of_uploads_waits_for_a_pause_or_the_longest_lag_before_a_rebuild(monkeypatch):
+    """Each rebuild holds the upload lock for a time that grows with the store: while uploads keep coming the
+    exports are rebuilt once they pause, or once the longest lag has passed, not every second."""
+    import time
+
+    monkeypatch.setattr(edge.web.engine, "_EXPORT_QUIET", 0.2)
+    monkeypatch.setattr(edge.web.engine, "_EXPORT_MAX_LAG", 1.0)
+    engine = edge.web.engine.Engine(None, None, Path("unused"))
+    rebuilds: list[float] = []
+    monkeypatch.setattr(engine, "flush_exports", lambda: rebuilds.append(time.monotonic()))
+    start = time.monotonic()
+    while time.monotonic() - start < 2.5:  # an upload every 0.05 s: never quiet for 0.2 s
+        engine.exports_due()
+        time.sleep(0.05)
+    end = time.monotonic()
+    time.sleep(1.0)
+    # during the stream: only when the longest lag had passed (about 1.2 s and 2.4 s in), never every 0.2 s
+    during = [t - start for t in rebuilds if t < end]
+    assert 1 <= len(during) <= 2 and all(t >= 1.0 for t in during), during
+    after = [t - end for t in rebuilds if t >= end]
+    assert len(after) == 1 and 0.15 <= after[0] <= 0.9, after  # the stream's end: quiet, the last rebuild
 
 
 # ---------------------------------------------------------------- the Pi camera from the page
