@@ -329,22 +329,24 @@ def test_a_stream_of_uploads_waits_for_a_pause_or_the_longest_lag_before_a_rebui
     exports are rebuilt once they pause, or once the longest lag has passed, not every second."""
     import time
 
-    monkeypatch.setattr(edge.web.engine, "_EXPORT_QUIET", 0.2)
-    monkeypatch.setattr(edge.web.engine, "_EXPORT_MAX_LAG", 1.0)
+    # Margins wide enough for a loaded machine (the suite runs this beside the model's training): uploads every
+    # 0.05 s against a 0.6 s pause, a 1.5 s longest lag.
+    monkeypatch.setattr(edge.web.engine, "_EXPORT_QUIET", 0.6)
+    monkeypatch.setattr(edge.web.engine, "_EXPORT_MAX_LAG", 1.5)
     engine = edge.web.engine.Engine(None, None, Path("unused"))
     rebuilds: list[float] = []
     monkeypatch.setattr(engine, "flush_exports", lambda: rebuilds.append(time.monotonic()))
     start = time.monotonic()
-    while time.monotonic() - start < 2.5:  # an upload every 0.05 s: never quiet for 0.2 s
+    while time.monotonic() - start < 4.0:  # a stream: never quiet for 0.6 s
         engine.exports_due()
         time.sleep(0.05)
     end = time.monotonic()
-    time.sleep(1.0)
-    # during the stream: only when the longest lag had passed (about 1.2 s and 2.4 s in), never every 0.2 s
+    time.sleep(2.0)
+    # during the stream: only once the longest lag had passed (about 1.8 s and 3.6 s in), never every 0.6 s
     during = [t - start for t in rebuilds if t < end]
-    assert 1 <= len(during) <= 2 and all(t >= 1.0 for t in during), during
+    assert 1 <= len(during) <= 2 and all(t >= 1.5 for t in during), during
     after = [t - end for t in rebuilds if t >= end]
-    assert len(after) == 1 and 0.15 <= after[0] <= 0.9, after  # the stream's end: quiet, the last rebuild
+    assert len(after) == 1 and 0.5 <= after[0] <= 2.0, after  # the stream's end: quiet, the last rebuild
 
 
 # ---------------------------------------------------------------- the Pi camera from the page
