@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edge.runtime import usable_cores
+
 __all__ = ["QUANTIZATIONS", "keras_from_onnx", "tflite_run", "to_fp32_tflite", "to_int8_tflite", "write_onnx2tf_sample"]
 
 ONNX2TF_SAMPLE = "calibration_image_sample_data_20x128x128x3_float32.npy"
@@ -130,7 +132,7 @@ def tflite_run(path: str | Path, images: np.ndarray, threads: int | None = None)
     whatever the count, and conversion's fidelity, guard and CAM runs take half the time on two cores."""
     from ai_edge_litert.interpreter import Interpreter
 
-    threads = threads or len(os.sched_getaffinity(0))
+    threads = threads or usable_cores()
     interp = Interpreter(model_path=str(path), num_threads=threads)
     interp.allocate_tensors()
     (inp,) = interp.get_input_details()

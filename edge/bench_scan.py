@@ -36,10 +36,6 @@ def _cpu() -> float:
     return time.thread_time()
 
 
-def _process_cpu() -> float:
-    return time.process_time()
-
-
 class _TimedModel:
     """The real model, with the CPU time of its ``predict`` recorded (the rest of scoring is the CAM's)."""
 
@@ -160,9 +156,9 @@ def fake_accelerator(bundle_dir: Path, films: list[Path], work: Path, workers: i
     model = _FakeAccelerator(open_model(bundle_dir, device="cpu", threads=1), preprocess(load_film(films[0])))
     with Store(work / "results.sqlite") as store:
         ctx = ScanContext(model=model, explainer=None, store=store, out_dir=work, cam_mode="none", overlays=False)
-        cpu = _process_cpu()  # the scan's threads together
+        cpu = time.process_time()  # the scan's threads together
         summary = scan_paths(films, ctx, interrupt=threading.Event(), workers=workers)
-        own = _process_cpu() - cpu
+        own = time.process_time() - cpu
     if summary.scored != len(films):
         raise RuntimeError(f"the simulated accelerator scored {summary.scored} of {len(films)} films")
     return {"fake_accelerator_films_per_s": len(films) / summary.seconds,

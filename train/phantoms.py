@@ -38,6 +38,7 @@ import numpy as np
 
 from edge.cli import run_main
 from edge.errors import XrayError
+from edge.runtime import usable_cores
 from train.phantom_draw import Film, lung_margin, render, to_patient, with_heart
 
 __all__ = ["DRAWN_LABELS", "ENTRY_HEADER", "BBOX_HEADER", "VERSION", "Film", "PhantomError", "film_specs",
@@ -213,7 +214,7 @@ def _render_png(film: Film, size: int) -> tuple[bytes, list]:
 def _rendered(films: list[Film], size: int):
     """(PNG bytes, lesions) per film, in order: rendered in one process per core (each film is a function of its
     spec alone, so the files are the same bits whatever the count)."""
-    cores = min(len(os.sched_getaffinity(0)), 8)
+    cores = min(usable_cores(), 8)
     if cores < 2 or len(films) < 8:
         yield from (_render_png(f, size) for f in films)
         return
