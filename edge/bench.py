@@ -3,8 +3,9 @@
 Measured on this machine with the bundle's int8 model (and its fp32 TFLite model when present):
 
 - invoke time of the interpreter (median of ``--repeat`` runs on a real film) on all cores and on one,
-  and bare-invoke films/s with the scans' interpreter threads (``--threads``, default all cores as in
-  ``edge.scan``);
+  and bare-invoke films/s the way the scans run the model: by default one one-thread interpreter per
+  core, each invoking on its own thread (edge.runtime.open_scan_models), with ``--threads N`` one
+  interpreter on N threads;
 - CPU Grad-CAM time per film (one label, and three labels with peak and 1024 px upsampling), as a
   share of the invoke time;
 - the per-film CPU of each stage of the service path (edge.bench_scan: hash, decode, preprocess, invoke
@@ -28,6 +29,10 @@ network under PyTorch and onnxruntime is in ``convert/bench.py`` (edge never imp
 """
 
 from __future__ import annotations
+
+# isort: off
+import edge._blas  # noqa: F401 - first, before numpy loads: one OpenBLAS thread, as in the commands it measures
+# isort: on
 
 import argparse
 import json
@@ -127,8 +132,29 @@ def _guard_ms(bundle, features: np.ndarray, film: Path, repeat: int) -> dict[str
     return out
 
 
-def timings(bundle, film: Path, threads: int, repeat: int) -> dict[str, float]:
-    """Invoke times on all cores, on one, and on ``threads`` (the scans'): bare-invoke films/s at ``threads``."""
+def _side_by_side_films_per_s(bundle, x: np.ndarray, repeat: int) -> float:
+    """Bare invokes per second of the scan's default: one one-thread interpreter per core, each on a thread."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from edge.runtime import open_scan_models
+
+    models = open_scan_models(bundle, device="cpu")
+    n = repeat * len(models)
+
+    def run(model) -> None:
+        for _ in range(repeat):
+            model.predict(x)
+
+    with ThreadPoolExecutor(len(models)) as pool:
+        list(pool.map(lambda m: m.predict(x), models))  # warm
+        start = time.perf_counter()
+        list(pool.map(run, models))
+    return n / (time.perf_counter() - start)
+
+
+def timings(bundle, film: Path, threads: int | None, repeat: int) -> dict[str, float]:
+    """Invoke times on all cores and on one; bare-invoke films/s the scans' way (``threads`` None: one
+    one-thread interpreter per core side by side; else one interpreter on ``threads`` threads)."""
     from edge.preprocess import preprocess
     from edge.runtime import usable_cores
 
@@ -144,7 +170,11 @@ def timings(bundle, film: Path, threads: int, repeat: int) -> dict[str, float]:
     out.update(_guard_ms(bundle, pred.features, film, repeat))
     if "guard_ms" in out:
         out["guard_share_of_invoke"] = out["guard_ms"] / out["int8_invoke_ms"]
-    out["scan_threads"] = threads
+    if threads is None:
+        out["scan_interpreters"] = cores
+        out["bare_invoke_films_per_s"] = _side_by_side_films_per_s(bundle, x, repeat)
+        return out
+    out["scan_interpreters"], out["scan_threads"] = 1, threads
     scan_ms = {cores: out["int8_invoke_ms"], 1: out["int8_invoke_1thread_ms"]}.get(threads)
     out["bare_invoke_films_per_s"] = 1000.0 / (scan_ms or _invoke_ms(bundle, x, "int8", threads, repeat)[0])
     return out
@@ -178,10 +208,10 @@ def _run_child(argv: list[str]) -> tuple[float, float, float]:
     return wall, float(rss_kib) / 1024.0, float(cpu)  # Linux: KiB
 
 
-def run_scan(bundle: Path, films: Path, out: Path, threads: int, *extra: str) -> tuple[float, float, float]:
-    """(wall s, peak RSS MiB, CPU s) of one scan."""
+def run_scan(bundle: Path, films: Path, out: Path, threads: int | None, *extra: str) -> tuple[float, float, float]:
+    """(wall s, peak RSS MiB, CPU s) of one scan (``threads`` None: the scan's own default interpreters)."""
     argv = [sys.executable, "-m", "edge.scan", str(films), "--bundle", str(bundle), "--out", str(out), "--quiet",
-            "--device", "cpu", "--threads", str(threads), *extra]
+            "--device", "cpu", *(("--threads", str(threads)) if threads else ()), *extra]
     return _run_child(argv)
 
 
@@ -202,7 +232,8 @@ def _folder(films: Path, work: Path, n: int) -> Path:
     return folder
 
 
-def scan_figures(bundle: Path, films: Path, work: Path, threads: int, counts: tuple[int, ...]) -> dict[str, float]:
+def scan_figures(bundle: Path, films: Path, work: Path, threads: int | None,
+                 counts: tuple[int, ...]) -> dict[str, float]:
     """Start-up cost, then films/s, CPU per film and peak memory of scans of ``counts`` films, with and without
     overlays (films/s and CPU with the start-up taken out)."""
     (work / "empty").mkdir()
@@ -299,7 +330,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--films", type=Path, action="append", help="folder of PNG films to build the test films from "
                    "(default: the demo's phantom films)")
     p.add_argument("--threads", type=int, default=None,
-                   help="interpreter threads of the scans (default: all cores, as the scan's own default)")
+                   help="scans with one interpreter on this many threads (default: the scan's own default, one "
+                        "one-thread interpreter per core)")
     p.add_argument("--repeat", type=int, default=30, help="timed runs per in-process figure")
     p.add_argument("--counts", type=int, nargs="+", default=list(MEMORY_COUNTS),
                    help="scan sizes for throughput and peak memory (default 50 500)")
@@ -318,7 +350,7 @@ def _run(args: argparse.Namespace) -> int:
     sources = _sources(args.films or list(DEFAULT_FILMS))
     cores, counts = usable_cores(), tuple(sorted(set(args.counts)))
     fig = {"import_edge_runtime_s": import_seconds("edge.runtime"), "import_edge_scan_s": import_seconds("edge.scan")}
-    threads = args.threads or cores
+    threads = args.threads
     fig.update(timings(bundle, sources[0], threads, args.repeat))
     with tempfile.TemporaryDirectory(prefix="edge-bench-") as tmp:
         work = Path(tmp)
@@ -332,11 +364,15 @@ def _run(args: argparse.Namespace) -> int:
         fig.update(scan_figures(args.bundle, work / "films", work, threads, counts))
     fig.update(ratios(fig, counts, cores))
     print(f"edge.bench: bundle {args.bundle} ({bundle.sha256[:12]}), {cores} cores ({_cpu_model()}), films "
-          f"{FILM_SIDE}²; scans with {threads} interpreter threads and one decode worker per core")
+          f"{FILM_SIDE}²; scans with {_interpreters(threads, cores)} and one decode worker per core")
     print(_report(fig))
     if args.json:
         args.json.write_text(json.dumps(fig, indent=2) + "\n", encoding="utf-8")
     return 0
+
+
+def _interpreters(threads: int | None, cores: int) -> str:
+    return f"one interpreter on {threads} threads" if threads else f"{cores} one-thread interpreters side by side"
 
 
 def _cpu_model() -> str:

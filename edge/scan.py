@@ -5,8 +5,9 @@ mismatched bundle is refused, exit 2); the output folder is locked (one scan at 
 are walked recursively in sorted order; every film is hashed and skipped when the store already
 holds its result under this model (a run after a kill or a power cut resumes and never
 duplicates). Decode workers (one thread per core, ``--workers``) hash, decode and preprocess the
-films ahead of the model (a bounded window), the overlays are encoded on the same workers, and one
-writer thread writes each film's overlays and commits its row, in the films' order. At the end CSV, JSON Lines
+films ahead of the model (a bounded window); on the CPU one one-thread interpreter per core scores
+films side by side (edge.runtime.open_scan_models); the overlays are encoded on the decode workers, and
+one writer thread writes each film's overlays and commits its row, in the films' order. At the end CSV, JSON Lines
 and report.html are exported from the database (atomically, on every run, so they always match it).
 
 Exit status: 0 every film scored, 1 some films failed, 2 usage / bundle / store error,
@@ -20,6 +21,8 @@ import edge._blas  # noqa: F401 - first, before numpy loads: one OpenBLAS thread
 # isort: on
 
 import argparse
+import dataclasses
+import queue
 import sys
 import threading
 import time
@@ -66,12 +69,14 @@ class Summary:
 
 
 # ---------------------------------------------------------------- the pipeline
-#   decode workers (threads): hash, read, preprocess, in a window of films ahead  ->  main thread: model + CAM
-#   ->  workers: overlays encoded in memory  ->  writer thread: overlay files, then the commit, in film order
+#   decode workers (threads): hash, read, preprocess, in a window of films ahead  ->  main thread: duplicates, in
+#   film order  ->  scorer threads, one per interpreter: model + CAM  ->  decode workers: overlays encoded in memory
+#   ->  writer thread: overlay files, then the commit, in film order
 # Threads, not processes: Pillow, zlib, libjpeg, hashlib and the interpreter release the GIL for their work,
 # and films and results stay in one process (no copies between processes, one SQLite writer; measured in
-# issue 16). Rows are committed one at a time in the films' order; the window and the commit queue are
-# bounded, so memory stays flat; a film is reported done only after its commit (fsynced), and once a commit
+# issue 16). A film goes to a scorer only when an interpreter is free, so a stop (Ctrl-C) waits for the films
+# being scored and no more. Rows are committed one at a time in the films' order; the window and the commit
+# queue are bounded, so memory stays flat; a film is reported done only after its commit (fsynced), and once a commit
 # fails no later film is written, so a kill or a full disk loses at most the films in flight (redone by the
 # next run) and never a committed one.
 
@@ -94,7 +99,7 @@ class _Pipeline:
     """One scan's stages; ``run`` drives them from the calling thread (the interpreter's)."""
 
     def __init__(self, paths: Sequence[Path], ctx: ScanContext, summary: Summary, progress: Progress,
-                 workers: int) -> None:
+                 workers: int, models: Sequence = ()) -> None:
         self.ctx, self.summary, self.progress = ctx, summary, progress
         self.done, self.claims, self.side = ctx.store.done(ctx.model.bundle.sha256), _Claims(), input_side(
             ctx.model.bundle)
@@ -102,6 +107,12 @@ class _Pipeline:
         self.depth = 2 * workers + 2  # films decoded ahead of the model, and results waiting for their commit
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="edge-decode")
         self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edge-write")
+        scorers = [dataclasses.replace(ctx, model=model) for model in models] or [ctx]
+        self.free: queue.SimpleQueue[ScanContext] = queue.SimpleQueue()  # a context per idle interpreter
+        for scorer in scorers:
+            self.free.put(scorer)
+        self.idle = threading.Semaphore(len(scorers))
+        self.scoring = ThreadPoolExecutor(max_workers=len(scorers), thread_name_prefix="edge-score")
         self.ahead: deque[Future] = deque()
         self.pending: deque[Future] = deque()
         self.failed = threading.Event()  # a commit failed: no later film is written
@@ -114,11 +125,21 @@ class _Pipeline:
         while len(self.ahead) < self.depth and (nxt := next(self.todo, None)) is not None:
             self.ahead.append(self.pool.submit(self._read, *nxt))
 
-    def _commit(self, rendered: Future) -> FilmResult:
+    def _score(self, item: Prepared) -> Future:
+        """Model + CAM on a free interpreter (a scorer thread), then the overlays queued on a decode worker."""
+        scorer = self.free.get_nowait()  # one is free: ``step`` waited for ``idle``
+        try:
+            scored = score_prepared(item, scorer)
+        finally:
+            self.free.put(scorer)
+            self.idle.release()
+        return self._render(scored)
+
+    def _commit(self, scoring: Future) -> FilmResult:
         if self.failed.is_set():
             raise _NotWritten
         try:
-            return finish(rendered.result(), self.ctx)  # the module's ``finish``, looked up at each film
+            return finish(scoring.result().result(), self.ctx)  # the module's ``finish``, looked up at each film
         except BaseException:
             self.failed.set()
             raise
@@ -149,9 +170,8 @@ class _Pipeline:
             return False
         item = self.ahead.popleft().result()
         if not self._skip(item):
-            scored = score_prepared(item, self.ctx)
-            rendered = self._render(scored)
-            self.pending.append(self.writer.submit(self._commit, rendered))
+            self.idle.acquire()
+            self.pending.append(self.writer.submit(self._commit, self.scoring.submit(self._score, item)))
         while self.pending and (len(self.pending) > self.depth or self.pending[0].done()):
             _settle(self.pending.popleft(), self.summary, self.progress)
         return True
@@ -164,6 +184,7 @@ class _Pipeline:
         self.failed.set()  # whatever is still queued is not written
         for future in (*self.ahead, *self.pending):
             future.cancel()
+        self.scoring.shutdown(wait=True, cancel_futures=True)
         self.pool.shutdown(wait=True, cancel_futures=True)
         self.writer.shutdown(wait=True, cancel_futures=True)
 
@@ -188,18 +209,20 @@ def _settle(future: Future, summary: Summary, progress: Progress) -> None:
 
 
 def scan_paths(paths: Sequence[Path], ctx: ScanContext, *, progress: Progress | None = None,
-               interrupt: threading.Event | None = None, workers: int | None = None) -> Summary:
+               interrupt: threading.Event | None = None, workers: int | None = None,
+               models: Sequence = ()) -> Summary:
     """Score every film not yet stored for this model: ``workers`` decode threads (default: one per core)
-    keep the model fed, results committed in order.
+    keep the model fed, results committed in order. ``models``: the interpreters that score films side by side,
+    one thread each (edge.runtime.open_scan_models; default ``ctx.model`` alone).
 
-    ``interrupt`` set (by a signal handler) stops the scan after the film being scored; the films already
+    ``interrupt`` set (by a signal handler) stops the scan after the films being scored; the films already
     scored are committed.
     """
     progress = progress or Progress(len(paths), enabled=False)
     interrupt = interrupt or threading.Event()
     summary = Summary(total=len(paths))
     start = time.monotonic()
-    pipeline = _Pipeline(paths, ctx, summary, progress, workers or usable_cores())
+    pipeline = _Pipeline(paths, ctx, summary, progress, workers or usable_cores(), models)
     try:
         while not interrupt.is_set() and pipeline.step():
             pass
@@ -220,7 +243,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--bundle", required=True, help="model bundle folder (made by python -m convert)")
     p.add_argument("--out", required=True, help="results folder (database, CSV, JSONL, overlays, report)")
     p.add_argument("--device", choices=DEVICES, default="auto")
-    p.add_argument("--threads", type=positive, default=None, help="interpreter threads (default: all cores)")
+    p.add_argument("--threads", type=positive, default=None,
+                   help="one interpreter on this many threads (default: on the CPU one interpreter per core, each "
+                        "on one thread, scoring films side by side; on the Edge TPU one interpreter)")
     p.add_argument("--workers", type=positive, default=None,
                    help="decode threads (hash, decode, preprocess, overlays; default: one per core)")
     p.add_argument("--cam", choices=CAM_MODES, default="top",
@@ -241,7 +266,8 @@ def _run(args: argparse.Namespace) -> int:
     from edge import runtime
     from edge.novelty import load_guard
 
-    model = runtime.open_model(args.bundle, device=args.device, threads=args.threads)  # verified before any film
+    models = runtime.open_scan_models(args.bundle, device=args.device, threads=args.threads)  # verified first
+    model = models[0]
     guard = load_guard(model.bundle)  # None: no guard in the bundle, which the summary says
     for note in model.notes:
         print(f"note: {note}", file=sys.stderr)
@@ -256,7 +282,7 @@ def _run(args: argparse.Namespace) -> int:
             print(f"passed over (not a film by name or content): {path_text(path)}", file=sys.stderr)
         with StopOnSignal() as interrupts:
             summary = scan_paths(films, ctx, progress=Progress(len(films), enabled=not args.quiet),
-                                 interrupt=interrupts.event, workers=args.workers)
+                                 interrupt=interrupts.event, workers=args.workers, models=models)
         summary.not_films = passed
         print(summary_text(summary, model, out, export_all(store, out, model.bundle)))
     if summary.stopped:

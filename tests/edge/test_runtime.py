@@ -280,6 +280,29 @@ def test_auto_without_an_edgetpu_model_runs_on_the_cpu_silently(tmp_path, fake):
     assert (model.device, model.notes, fake.loaded) == ("cpu", (), [])
 
 
+# ---------------------------------------------------------------- the scan's interpreters
+
+def test_a_scan_scores_on_one_single_thread_interpreter_per_core(tmp_path, fake, monkeypatch):
+    monkeypatch.setattr(runtime, "usable_cores", lambda: 3)
+    models = runtime.open_scan_models(_bundle(tmp_path), device="cpu")
+    made = FakeInterpreter.made[-3:]
+    assert len(models) == 3 and len({id(m.interpreter) for m in models}) == 3
+    assert [m.interpreter for m in models] == made and all(i.num_threads == 1 and i.delegates is None for i in made)
+    assert all(m.threads == 1 and m.head is models[0].head and m.bundle is models[0].bundle for m in models)
+    np.testing.assert_array_equal(models[2].predict(_picture()).scores, models[0].predict(_picture()).scores)
+    (one,) = runtime.open_scan_models(_bundle(tmp_path), device="cpu", threads=2)  # --threads: one interpreter
+    assert one.threads == 2 and FakeInterpreter.made[-1].num_threads == 2
+
+
+def test_a_scan_on_the_edgetpu_has_one_interpreter(tmp_path, fake, monkeypatch):
+    monkeypatch.setattr(runtime, "usable_cores", lambda: 4)
+    fake.delegate_ok = True
+    (model,) = runtime.open_scan_models(_bundle(tmp_path, edgetpu=True), device="auto")
+    assert model.device == "edgetpu" and FakeInterpreter.made[-1].delegates == ["tpu-delegate"]
+    with pytest.raises(EdgeError, match="CPU only"):
+        model.twin()
+
+
 # ---------------------------------------------------------------- the real bundle (slow)
 
 def _phantom_film(phantom_set) -> np.ndarray:

@@ -91,6 +91,63 @@ def test_several_workers_commit_in_film_order_and_keep_the_first_copy(tmp_path, 
     assert stored == [p.name for i, p in enumerate(paths) if i != 9]
 
 
+class _SlowModel(FakeModel):
+    """A fake interpreter that takes a while, and says which films it scored and how many ran at once."""
+
+    running, most, lock = 0, 0, threading.Lock()
+
+    def __init__(self, bundle, delay: float):
+        super().__init__(bundle)
+        self.delay, self.means = delay, []
+
+    def predict(self, x):
+        with _SlowModel.lock:
+            _SlowModel.running += 1
+            _SlowModel.most = max(_SlowModel.most, _SlowModel.running)
+        time.sleep(self.delay)
+        with _SlowModel.lock:
+            _SlowModel.running -= 1
+        self.means.append(float(x.mean()))
+        return super().predict(x)
+
+
+def test_several_interpreters_score_side_by_side_and_commit_in_film_order(tmp_path):
+    folder = tmp_path / "films"
+    paths = [write_film(folder / f"f{i:02d}.png", seed=i) for i in range(10)]
+    bundle = fake_bundle(tmp_path)
+    models = [_SlowModel(bundle, 0.03), _SlowModel(bundle, 0.05)]  # the second one slower: finishes out of order
+    with Store(tmp_path / "one.sqlite") as store:
+        ctx = ScanContext(model=FakeModel(bundle), explainer=FakeExplainer(), store=store, out_dir=tmp_path / "a")
+        alone = scan_paths(paths, ctx, interrupt=threading.Event())
+        want = [(r["film_path"], r["scores"], r["cam"]) for r in store.rows()]
+    _SlowModel.most = 0
+    with Store(tmp_path / "two.sqlite") as store:
+        ctx = ScanContext(model=models[0], explainer=FakeExplainer(), store=store, out_dir=tmp_path / "b")
+        summary = scan_paths(paths, ctx, interrupt=threading.Event(), models=models)
+        got = [(r["film_path"], r["scores"], r["cam"]) for r in store.rows()]
+    assert alone.scored == summary.scored == 10 and got == want  # same results, in the films' order
+    assert all(m.calls >= 2 for m in models) and sum(m.calls for m in models) == 10 and _SlowModel.most == 2
+    assert ctx.model is models[0] and summary.errors == {}
+
+
+def test_a_stop_waits_for_the_films_being_scored_and_no_more(tmp_path):
+    folder = tmp_path / "films"
+    paths = [write_film(folder / f"f{i}.png", seed=i) for i in range(8)]
+    bundle, stop = fake_bundle(tmp_path), threading.Event()
+    models = [_SlowModel(bundle, 0.05), _SlowModel(bundle, 0.05)]
+    real = models[0].predict
+
+    def predict(x):
+        stop.set()  # Ctrl-C while this interpreter scores a film
+        return real(x)
+
+    models[0].predict = predict
+    with Store(tmp_path / "r.sqlite") as store:
+        ctx = ScanContext(model=models[0], explainer=None, store=store, out_dir=tmp_path / "out")
+        summary = scan_paths(paths, ctx, interrupt=stop, models=models)
+        assert summary.stopped and 1 <= summary.scored <= 2 and store.count() == summary.scored
+
+
 def test_bounds_and_ratios():
     stages = {"hash": 1.0, "decode": 9.0, "preprocess": 2.0, "invoke": 29.0, "cam": 1.0, "overlays": 10.0,
               "commit": 1.0}
