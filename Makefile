@@ -76,7 +76,7 @@ aarch64-check:
 # constraints-pi.txt, the edge set's pins only (make lock-pi rewrites it from constraints.txt).
 # pi-check (root): that wheel installed with its edge extra in an emulated arm64 Debian bookworm root, scoring
 # real films and phantoms as x86 does, and edge.serve answering there (tools/pi_check.py; BUNDLE=DIR, PI_CPU=).
-.PHONY: dist lock-pi pi-check
+.PHONY: dist dist-check lock-pi pi-check
 BUNDLE ?=
 PI_CPU ?= cortex-a72
 
@@ -87,6 +87,11 @@ dist: install
 
 lock-pi: install
 	$(PY) -m tools.pi_constraints > constraints-pi.txt.new && mv constraints-pi.txt.new constraints-pi.txt
+
+# dist-check: that wheel installed on this machine as a user would, in a new venv with only its edge extra
+# (tools/dist_check.py: every edge command answers --help, torch/tensorflow/onnx absent; BUNDLE=DIR also scans).
+dist-check: dist
+	$(PY) -m tools.dist_check --wheel $$(ls dist/*.whl) $(if $(BUNDLE),--bundle $(BUNDLE))
 
 pi-check: dist
 	$(PY) -m tools.pi_check --wheel $$(ls dist/*.whl) --cpu $(PI_CPU) $(if $(BUNDLE),--bundle $(BUNDLE))

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from edge.store import DB_NAME, FilmResult, Store
-from tools import pi_check, pi_compare, pi_constraints
+from tools import dist_check, pi_check, pi_compare, pi_constraints
 
 ROOT = Path(__file__).resolve().parents[1]
 LABELS = ["Effusion", "Nodule"]
@@ -140,3 +140,17 @@ def test_pi_check_says_it_needs_root_and_touches_nothing(tmp_path, capsys, monke
     monkeypatch.setattr(pi_check, "binfmt_aarch64", lambda: pytest.fail("registered something without root"))
     assert pi_check.main(["--wheel", str(tmp_path / "x.whl")]) == 2
     assert "needs root" in capsys.readouterr().err
+
+
+def test_dist_check_names_a_missing_wheel_and_installs_nothing(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(dist_check, "check", lambda *a: pytest.fail("ran without a wheel"))
+    assert dist_check.main(["--wheel", str(tmp_path / "x.whl")]) == 2
+    assert f"{tmp_path / 'x.whl'} does not exist" in capsys.readouterr().err
+
+
+def test_dist_check_film_is_a_grey_png_without_pillow(tmp_path):
+    from PIL import Image
+
+    with Image.open(dist_check.grey_film(tmp_path)) as img:
+        assert (img.format, img.mode, img.size) == ("PNG", "L", (256, 256))
+        assert len(np.unique(np.asarray(img))) > 100

@@ -164,14 +164,15 @@ def serve_check(work: Path, bundle: Path, out: Path, cpu: str, log: Path) -> str
 
 # ---------------------------------------------------------------- the check
 
+def suite_bundle() -> Path:
+    """The newest bundle the test suite finished making (.cache/test-artifacts), else the demo's."""
+    made = [p / "bundle" for p in (CACHE / "test-artifacts").glob("bundle-*") if (p / ".complete").is_file()]
+    made.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+    return made[0] if made else ROOT_DIR / "demo-out/bundle"
+
+
 def _bundle(given: str | None) -> Path:
-    if given:
-        bundle = Path(given)
-    else:
-        made = [p / "bundle" for p in (CACHE / "test-artifacts").glob("bundle-*") if (p / ".complete").is_file()]
-        demo = ROOT_DIR / "demo-out/bundle"
-        made.sort(key=lambda p: p.stat().st_mtime, reverse=True)
-        bundle = made[0] if made else demo
+    bundle = Path(given) if given else suite_bundle()
     if not (bundle / "bundle.json").is_file():
         raise CheckError(f"no model bundle at {bundle}: run `make test` (or `make demo`) first, or pass BUNDLE=DIR")
     return bundle
