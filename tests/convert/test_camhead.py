@@ -11,10 +11,12 @@ from tests.convert.test_export import _randomise_batchnorms
 ARRAYS = {"chexnet": ["bias", "weight"],
           "paper": ["bn1_scale", "bn1_shift", "bn2_scale", "bn2_shift", "fc1_bias", "fc1_weight", "fc2_bias",
                     "fc2_weight"]}
+ARRAYS["fastai"] = ARRAYS["paper"]  # fastai v1's wiring of the paper head (pooled before any ReLU): same arrays
 
 
 @pytest.mark.parametrize(("head", "task", "labels"), [("chexnet", "multilabel", 14), ("paper", "multilabel", 14),
-                                                      ("chexnet", "one_vs_all", 2)])
+                                                      ("chexnet", "one_vs_all", 2), ("fastai", "one_vs_all", 2),
+                                                      ("fastai", "multilabel", 14)])
 def test_saved_head_reproduces_pytorch(tmp_path, head, task, labels):
     import torch
 
@@ -29,13 +31,15 @@ def test_saved_head_reproduces_pytorch(tmp_path, head, task, labels):
         loaded = {name: saved[name] for name in saved.files}
     assert all(a.dtype == np.float32 for a in loaded.values())
     feats = np.random.default_rng(0).gamma(1.0, 1.0, (3, 7, 7, 1024)).astype(np.float32)
+    if head == "fastai":
+        feats -= 1.0  # fastai pools norm5 without the ReLU: the feature map can be negative
     with torch.no_grad():
         logits = model.forward_head(torch.from_numpy(feats).permute(0, 3, 1, 2))
         ref = (torch.sigmoid(logits) if task == "multilabel" else torch.softmax(logits, 1)).numpy()
     np.testing.assert_allclose(head_scores(head, task, loaded, feats), ref, atol=2e-6)
 
 
-@pytest.mark.parametrize("head", ["chexnet", "paper"])
+@pytest.mark.parametrize("head", ["chexnet", "paper", "fastai"])
 def test_bias_correction_removes_a_constant_feature_offset(head):
     from convert.camhead import bias_correct, head_forward, pooled
     from train.model import build_model
@@ -48,7 +52,7 @@ def test_bias_correction_removes_a_constant_feature_offset(head):
     shifted = feats + rng.normal(0, 0.05, 1024).astype(np.float32)  # what int8 rounding does, systematically
     offset = (pooled(head, shifted) - pooled(head, feats)).mean(axis=0)
     corrected = bias_correct(head, arrays, offset)
-    exact = {"chexnet": "exact_bias", "paper": "exact_bn1_shift"}[head]
+    exact = {"chexnet": "exact_bias", "paper": "exact_bn1_shift", "fastai": "exact_bn1_shift"}[head]
     np.testing.assert_array_equal(corrected[exact], arrays[exact[len("exact_"):]])
     before = np.abs(head_forward(head, arrays, shifted) - head_forward(head, arrays, feats)).max()
     after = np.abs(head_forward(head, corrected, shifted) - head_forward(head, arrays, feats)).max()

@@ -80,7 +80,7 @@ def _randomise_batchnorms(model, seed: int = 0) -> None:
             m.bias.data = torch.randn(n, generator=g) * 0.1
 
 
-@pytest.mark.parametrize("head", ["chexnet", "paper"])
+@pytest.mark.parametrize("head", ["chexnet", "paper", "fastai"])
 def test_int8_friendly_rewrites_keep_the_values(head):
     import torch
 
