@@ -47,7 +47,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from edge.cli import run_main
+from edge.cli import positive, run_main
 from edge.errors import EdgeError
 
 __all__ = ["main", "make_films", "run_scan"]
@@ -329,7 +329,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE, help=f"model bundle (default {DEFAULT_BUNDLE})")
     p.add_argument("--films", type=Path, action="append", help="folder of PNG films to build the test films from "
                    "(default: the demo's phantom films)")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--threads", type=positive, default=None,
                    help="scans with one interpreter on this many threads (default: the scan's own default, one "
                         "one-thread interpreter per core)")
     p.add_argument("--repeat", type=int, default=30, help="timed runs per in-process figure")

@@ -358,10 +358,18 @@ def open_scan_models(bundle: Bundle | str | Path, device: str = "auto", threads:
     the split waits at every layer for its slowest thread, and with the decode workers on the same cores one of
     them is often preempted (issue 16: on 2 cores, bare invokes 21.1 films/s against 19.0 for one interpreter on
     both). On the Edge TPU one interpreter (the accelerator takes one), on one thread for what the TPU does not
-    run; the other cores decode films. A stand-in model without ``twin`` scores alone.
+    run; the other cores decode films. A stand-in model without ``twin`` scores alone. When another interpreter
+    cannot be made (memory), the scan goes on with those made and the first model's ``notes`` say so.
     """
     first = open_model(bundle, device=device, threads=threads or 1)
     if threads is not None or first.device != "cpu" or not hasattr(first, "twin"):
         return [first]
-    return [first, *(first.twin(1) for _ in range(usable_cores() - 1))]
+    models = [first]
+    for _ in range(usable_cores() - 1):
+        try:
+            models.append(first.twin(1))
+        except BundleError as err:  # e.g. no memory left for another: score on those made, and say so
+            first.notes += (f"scoring on {len(models)} interpreter(s), not one per core: {err}",)
+            break
+    return models
 

@@ -163,14 +163,18 @@ class _Pipeline:
             self.progress.update(scored=False)
         return item.skip is not None
 
-    def step(self) -> bool:
-        """Score the next film and queue its overlays and commit; False at the end."""
+    def step(self, interrupt: threading.Event) -> bool:
+        """Score the next film and queue its overlays and commit; False at the end, or when ``interrupt`` is set
+        while this film waited for a free interpreter (it is left for the next run)."""
         self._fill()
         if not self.ahead:
             return False
         item = self.ahead.popleft().result()
         if not self._skip(item):
             self.idle.acquire()
+            if interrupt.is_set():
+                self.idle.release()
+                return False
             self.pending.append(self.writer.submit(self._commit, self.scoring.submit(self._score, item)))
         while self.pending and (len(self.pending) > self.depth or self.pending[0].done()):
             _settle(self.pending.popleft(), self.summary, self.progress)
@@ -184,9 +188,13 @@ class _Pipeline:
         self.failed.set()  # whatever is still queued is not written
         for future in (*self.ahead, *self.pending):
             future.cancel()
-        self.scoring.shutdown(wait=True, cancel_futures=True)
-        self.pool.shutdown(wait=True, cancel_futures=True)
-        self.writer.shutdown(wait=True, cancel_futures=True)
+        try:
+            self.scoring.shutdown(wait=True, cancel_futures=True)
+        finally:
+            try:
+                self.pool.shutdown(wait=True, cancel_futures=True)
+            finally:
+                self.writer.shutdown(wait=True, cancel_futures=True)
 
 
 class _NotWritten(Exception):
@@ -224,7 +232,7 @@ def scan_paths(paths: Sequence[Path], ctx: ScanContext, *, progress: Progress | 
     start = time.monotonic()
     pipeline = _Pipeline(paths, ctx, summary, progress, workers or usable_cores(), models)
     try:
-        while not interrupt.is_set() and pipeline.step():
+        while not interrupt.is_set() and pipeline.step(interrupt):
             pass
         pipeline.drain()
     finally:

@@ -1,7 +1,8 @@
 """``make dist-check``: the wheel as a user installs it on x86, in a new venv with only its ``edge`` extra.
 
 Steps (each timed): a venv made from nothing under ``.cache/dist-venv``; ``pip install -c constraints-pi.txt
-"WHEEL[edge]"`` in a clean environment (no ``PIP_*`` of this machine: the wheel and the registry alone); then,
+"WHEEL[edge]"`` without this shell's ``PIP_*`` variables (pip's configuration files, where a machine keeps
+its certificates and mirror, still apply); then,
 from an empty working folder (so that this checkout's packages cannot be imported by accident), every edge
 command's ``--help`` and a check that ``edge`` was imported from the venv and that torch, tensorflow and onnx
 are not installed there; then a film scanned there with a bundle (``--bundle DIR``, else the newest one the test
@@ -30,6 +31,7 @@ NOT_INSTALLED = ("torch", "tensorflow", "onnx", "onnx2tf", "onnxruntime")
 TIMEOUT = {"venv": 120, "install": 900, "command": 120}
 _PROBE = """import importlib.util, json, sys
 import edge
+import ai_edge_litert.interpreter  # the TFLite runtime loads (edge.runtime imports it only when a model opens)
 print(json.dumps({"edge": edge.__file__,
                   "found": [m for m in sys.argv[1:] if importlib.util.find_spec(m) is not None]}))
 """
@@ -40,7 +42,8 @@ class CheckError(Exception):
 
 
 def _clean_env() -> dict[str, str]:
-    """This process's environment without pip's settings or a virtualenv of the caller's."""
+    """This process's environment without pip's variables or a virtualenv of the caller's. pip's configuration
+    files still apply: a machine's CA certificates and package mirror live there, as they would for a user."""
     return {k: v for k, v in os.environ.items()
             if not k.startswith("PIP_") and k not in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME")}
 
@@ -133,9 +136,11 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.bundle is None and (suite_bundle() / "bundle.json").is_file():
         args.bundle = suite_bundle()
-    for path in (args.wheel, args.constraints, *([args.bundle] if args.bundle else [])):
-        if not path.exists():
-            print(f"dist-check: error: {path} does not exist (make dist makes the wheel)", file=sys.stderr)
+    hints = {args.wheel: "make dist makes the wheel", args.constraints: "make lock-pi writes it",
+             args.bundle: "python -m convert makes a bundle"}
+    for path, hint in hints.items():
+        if path is not None and not path.exists():
+            print(f"dist-check: error: {path} does not exist ({hint})", file=sys.stderr)
             return 2
     try:
         lines = check(args.wheel.resolve(), args.constraints.resolve(), args.bundle)

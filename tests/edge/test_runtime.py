@@ -294,6 +294,22 @@ def test_a_scan_scores_on_one_single_thread_interpreter_per_core(tmp_path, fake,
     assert one.threads == 2 and FakeInterpreter.made[-1].num_threads == 2
 
 
+def test_a_scan_goes_on_with_the_interpreters_it_could_make(tmp_path, fake, monkeypatch):
+    monkeypatch.setattr(runtime, "usable_cores", lambda: 4)
+    made = []
+
+    def twin(self, threads=1):
+        if made:
+            raise BundleError("model_int8.tflite: the interpreter cannot load this model (out of memory)")
+        made.append(threads)
+        return self
+
+    monkeypatch.setattr(runtime.Model, "twin", twin)
+    models = runtime.open_scan_models(_bundle(tmp_path), device="cpu")
+    assert len(models) == 2 and "scoring on 2 interpreter(s)" in models[0].notes[-1]
+    assert "out of memory" in models[0].notes[-1]
+
+
 def test_a_scan_on_the_edgetpu_has_one_interpreter(tmp_path, fake, monkeypatch):
     monkeypatch.setattr(runtime, "usable_cores", lambda: 4)
     fake.delegate_ok = True

@@ -277,12 +277,19 @@ def test_real_bundle_on_phantom_films(bundle_dir, few_films, tmp_path):
 @pytest.mark.slow
 def test_interpreters_side_by_side_score_as_one_interpreter_does(bundle_dir, few_films, tmp_path, monkeypatch):
     monkeypatch.setattr(edge.runtime, "usable_cores", lambda: 3)  # three one-thread interpreters, whatever the machine
+    used, real_scan = [], edge.scan.scan_paths
+
+    def scan_paths(*args, **kwargs):
+        used.append([m.threads for m in kwargs["models"]])
+        return real_scan(*args, **kwargs)
+
+    monkeypatch.setattr(edge.scan, "scan_paths", scan_paths)
     results = {}
     for tag, extra in (("side", ()), ("one", ("--threads", "2"))):
         out = tmp_path / tag
         assert main([str(few_films), "--bundle", str(bundle_dir), "--out", str(out), "--quiet", *extra]) == 0
         results[tag] = [(r["film_path"], r["scores"], r["cam"]) for r in rows(out)]
-    assert len(results["one"]) == 3 and results["side"] == results["one"]
+    assert used == [[1, 1, 1], [2]] and len(results["one"]) == 3 and results["side"] == results["one"]
 
 
 def test_progress_bar_redraws_in_place_with_rate():

@@ -10,6 +10,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 from PIL import Image
 
 import edge.service
@@ -130,14 +131,16 @@ def test_several_interpreters_score_side_by_side_and_commit_in_film_order(tmp_pa
     assert ctx.model is models[0] and summary.errors == {}
 
 
-def test_a_stop_waits_for_the_films_being_scored_and_no_more(tmp_path):
+@pytest.mark.parametrize("n_models", [1, 2])
+def test_a_stop_waits_for_the_films_being_scored_and_no_more(tmp_path, n_models):
     folder = tmp_path / "films"
     paths = [write_film(folder / f"f{i}.png", seed=i) for i in range(8)]
     bundle, stop = fake_bundle(tmp_path), threading.Event()
-    models = [_SlowModel(bundle, 0.05), _SlowModel(bundle, 0.05)]
+    models = [_SlowModel(bundle, 0.3) for _ in range(n_models)]
     real = models[0].predict
 
     def predict(x):
+        time.sleep(0.1)  # the next film is already waiting for a free interpreter
         stop.set()  # Ctrl-C while this interpreter scores a film
         return real(x)
 
@@ -145,7 +148,30 @@ def test_a_stop_waits_for_the_films_being_scored_and_no_more(tmp_path):
     with Store(tmp_path / "r.sqlite") as store:
         ctx = ScanContext(model=models[0], explainer=None, store=store, out_dir=tmp_path / "out")
         summary = scan_paths(paths, ctx, interrupt=stop, models=models)
-        assert summary.stopped and 1 <= summary.scored <= 2 and store.count() == summary.scored
+        assert summary.stopped and store.count() == summary.scored
+        assert summary.scored == 1 if n_models == 1 else 1 <= summary.scored <= 2  # the films being scored
+
+
+def test_a_model_error_on_a_scorer_thread_stops_the_scan_after_the_films_before_it(tmp_path):
+    folder = tmp_path / "films"
+    paths = [write_film(folder / f"f{i}.png", seed=i) for i in range(8)]
+    bundle = fake_bundle(tmp_path)
+    models = [_SlowModel(bundle, 0.02), _SlowModel(bundle, 0.02)]
+    calls = []
+
+    def predict(x, real=models[1].predict):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("the interpreter failed")
+        return real(x)
+
+    models[1].predict = predict
+    with Store(tmp_path / "r.sqlite") as store:
+        ctx = ScanContext(model=models[0], explainer=None, store=store, out_dir=tmp_path / "out")
+        with pytest.raises(RuntimeError, match="interpreter failed"):
+            scan_paths(paths, ctx, interrupt=threading.Event(), models=models)
+        stored = [Path(r["film_path"]).name for r in store.rows()]
+    assert 1 <= len(stored) < 8 and stored == [p.name for p in paths[:len(stored)]]  # a prefix, in film order
 
 
 def test_bounds_and_ratios():
