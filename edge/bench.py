@@ -10,7 +10,10 @@ Measured on this machine with the bundle's int8 model (and its fp32 TFLite model
   share of the invoke time;
 - the per-film CPU of each stage of the service path (edge.bench_scan: hash, decode, preprocess, invoke
   on one thread, CAM, overlays, commit) and the bound they imply on this machine's cores: cores /
-  (decode + preprocess + invoke), + overlays when they are on (issue 16);
+  (decode + preprocess + invoke), + overlays when they are on (issue 16). The stages are measured before
+  and after the scans and averaged (``stages_sum_before/after_scans_cpu_ms`` show how far the machine's
+  speed moved meanwhile: on a shared 2-core machine a few percent in the minutes of the scans, enough to
+  move a fraction of the bound by as much, one way or the other, when it was measured once);
 - end-to-end films/s of ``python -m edge.scan`` on 1024² PNG films at 50 and 500 films, with and
   without overlays, with the fixed start-up cost (imports, bundle verification, exports) measured on
   an empty folder and taken out, as a fraction of the bound, split into the cores' worth of CPU the scan
@@ -355,13 +358,17 @@ def _run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="edge-bench-") as tmp:
         work = Path(tmp)
         films = make_films(sources, work / "films", max(counts))
-        stages = stage_cpu(args.bundle, films[:STAGE_FILMS])
-        fig.update({f"stage_{name}_cpu_ms": value for name, value in stages.items()})
-        fig.update(bounds(stages, cores))
+        before = stage_cpu(args.bundle, films[:STAGE_FILMS])
         fig.update(jpeg_figures(sources[0], work))
         (work / "fake").mkdir()
         fig.update(fake_accelerator(args.bundle, films, work / "fake"))
         fig.update(scan_figures(args.bundle, work / "films", work, threads, counts))
+        after = stage_cpu(args.bundle, films[:STAGE_FILMS])
+        stages = {name: (before[name] + after[name]) / 2 for name in before}
+        fig.update({f"stage_{name}_cpu_ms": value for name, value in stages.items()})
+        fig.update({"stages_sum_before_scans_cpu_ms": sum(before.values()),
+                    "stages_sum_after_scans_cpu_ms": sum(after.values())})
+        fig.update(bounds(stages, cores))
     fig.update(ratios(fig, counts, cores))
     print(f"edge.bench: bundle {args.bundle} ({bundle.sha256[:12]}), {cores} cores ({_cpu_model()}), films "
           f"{FILM_SIDE}²; scans with {_interpreters(threads, cores)} and one decode worker per core")
