@@ -108,10 +108,9 @@ class _Pipeline:
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="edge-decode")
         self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edge-write")
         scorers = [dataclasses.replace(ctx, model=model) for model in models] or [ctx]
-        self.free: queue.SimpleQueue[ScanContext] = queue.SimpleQueue()  # a context per idle interpreter
+        self.free: queue.SimpleQueue[ScanContext] = queue.SimpleQueue()  # one context per idle interpreter
         for scorer in scorers:
             self.free.put(scorer)
-        self.idle = threading.Semaphore(len(scorers))
         self.scoring = ThreadPoolExecutor(max_workers=len(scorers), thread_name_prefix="edge-score")
         self.ahead: deque[Future] = deque()
         self.pending: deque[Future] = deque()
@@ -125,14 +124,13 @@ class _Pipeline:
         while len(self.ahead) < self.depth and (nxt := next(self.todo, None)) is not None:
             self.ahead.append(self.pool.submit(self._read, *nxt))
 
-    def _score(self, item: Prepared) -> Future:
-        """Model + CAM on a free interpreter (a scorer thread), then the overlays queued on a decode worker."""
-        scorer = self.free.get_nowait()  # one is free: ``step`` waited for ``idle``
+    def _score(self, item: Prepared, scorer: ScanContext) -> Future:
+        """Model + CAM on the interpreter ``step`` took for it (a scorer thread), which is then free again; the
+        overlays queued on a decode worker."""
         try:
             scored = score_prepared(item, scorer)
         finally:
             self.free.put(scorer)
-            self.idle.release()
         return self._render(scored)
 
     def _commit(self, scoring: Future) -> FilmResult:
@@ -171,11 +169,11 @@ class _Pipeline:
             return False
         item = self.ahead.popleft().result()
         if not self._skip(item):
-            self.idle.acquire()
+            scorer = self.free.get()  # waits for a free interpreter
             if interrupt.is_set():
-                self.idle.release()
+                self.free.put(scorer)
                 return False
-            self.pending.append(self.writer.submit(self._commit, self.scoring.submit(self._score, item)))
+            self.pending.append(self.writer.submit(self._commit, self.scoring.submit(self._score, item, scorer)))
         while self.pending and (len(self.pending) > self.depth or self.pending[0].done()):
             _settle(self.pending.popleft(), self.summary, self.progress)
         return True
