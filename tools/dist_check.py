@@ -19,13 +19,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from tools.pi_check import suite_bundle
+from tools.pi_root import CACHE, ROOT_DIR, Timer
 
-ROOT_DIR = Path(__file__).resolve().parents[1]
-VENV = ROOT_DIR / ".cache" / "dist-venv"
+VENV = CACHE / "dist-venv"
 COMMANDS = ("edge.scan", "edge.capture", "edge.serve", "edge.systemd", "edge.bench")
 NOT_INSTALLED = ("torch", "tensorflow", "onnx", "onnx2tf", "onnxruntime")
 TIMEOUT = {"venv": 120, "install": 900, "command": 120}
@@ -60,13 +59,6 @@ def _run(step: str, cmd: list[str], timeout: float, cwd: Path | None = None) -> 
     return proc.stdout
 
 
-def _timed(times: list[tuple[str, float]], step: str, fn, *args, **kwargs):
-    start = time.monotonic()
-    out = fn(*args, **kwargs)
-    times.append((step, time.monotonic() - start))
-    return out
-
-
 def grey_film(folder: Path) -> Path:
     """A small grey film written with the standard library only (this process may not have Pillow)."""
     import struct
@@ -86,18 +78,19 @@ def grey_film(folder: Path) -> Path:
 
 
 def check(wheel: Path, constraints: Path, bundle: Path | None) -> list[str]:
-    times: list[tuple[str, float]] = []
+    timer = Timer("dist-check")
     shutil.rmtree(VENV, ignore_errors=True)
-    _timed(times, "venv", _run, "venv", [sys.executable, "-m", "venv", str(VENV)], TIMEOUT["venv"])
+    with timer.step("venv"):
+        _run("venv", [sys.executable, "-m", "venv", str(VENV)], TIMEOUT["venv"])
     python = VENV / "bin" / "python"
-    _timed(times, "install", _run, "pip install", [str(python), "-m", "pip", "install", "--quiet", "--no-input",
-                                                    "-c", str(constraints), f"{wheel}[edge]"], TIMEOUT["install"])
+    with timer.step("pip install", "the wheel and its edge extra"):
+        _run("pip install", [str(python), "-m", "pip", "install", "--quiet", "--no-input", "-c", str(constraints),
+                             f"{wheel}[edge]"], TIMEOUT["install"])
     lines = []
-    with tempfile.TemporaryDirectory(prefix="dist-check-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="dist-check-") as tmp, timer.step("commands", "from an empty folder"):
         work = Path(tmp)
         for module in COMMANDS:
-            out = _timed(times, f"{module} --help", _run, f"{module} --help", [str(python), "-m", module, "--help"],
-                         TIMEOUT["command"], cwd=work)
+            out = _run(f"{module} --help", [str(python), "-m", module, "--help"], TIMEOUT["command"], cwd=work)
             if "usage:" not in out:
                 raise CheckError(f"python -m {module} --help printed no usage line:\n{out[-1000:]}")
         probe = json.loads(_run("import check", [str(python), "-c", _PROBE, *NOT_INSTALLED], TIMEOUT["command"],
@@ -108,9 +101,8 @@ def check(wheel: Path, constraints: Path, bundle: Path | None) -> list[str]:
             raise CheckError(f"the edge extra installed {', '.join(probe['found'])}: the Pi set must not have them")
         if bundle is not None:
             film = grey_film(work)
-            _timed(times, "scan", _run, "edge.scan", [str(python), "-m", "edge.scan", str(film), "--bundle",
-                                                      str(bundle.resolve()), "--out", str(work / "out"), "--quiet",
-                                                      "--allow-unrecognised"], TIMEOUT["command"], cwd=work)
+            _run("edge.scan", [str(python), "-m", "edge.scan", str(film), "--bundle", str(bundle.resolve()), "--out",
+                               str(work / "out"), "--quiet", "--allow-unrecognised"], TIMEOUT["command"], cwd=work)
             if not (work / "out" / "results.csv").is_file():
                 raise CheckError("edge.scan in the venv wrote no results.csv")
         installed = _run("pip list", [str(python), "-m", "pip", "list", "--format=freeze"], TIMEOUT["command"])
@@ -120,7 +112,7 @@ def check(wheel: Path, constraints: Path, bundle: Path | None) -> list[str]:
     lines.append("  installed: " + ", ".join(wheels))
     scanned = f"a film scanned with {bundle}" if bundle else "no film scanned (no bundle: make test or make demo)"
     lines.append("  commands answering --help: " + ", ".join(COMMANDS) + "; " + scanned)
-    lines.append("  time: " + ", ".join(f"{step} {seconds:.1f} s" for step, seconds in times))
+    lines.append("  time: " + timer.text())
     return lines
 
 
@@ -134,8 +126,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.bundle is None and (suite_bundle() / "bundle.json").is_file():
-        args.bundle = suite_bundle()
+    if args.bundle is None and (made := suite_bundle() / "bundle.json").is_file():
+        args.bundle = made.parent
     hints = {args.wheel: "make dist makes the wheel", args.constraints: "make lock-pi writes it",
              args.bundle: "python -m convert makes a bundle"}
     for path, hint in hints.items():

@@ -90,16 +90,18 @@ def in_root(root: Path, *cmd: str | Path, cpu: str) -> list[str]:
 
 
 class Timer:
-    def __init__(self) -> None:
-        self.steps: dict[str, float] = {}
+    """Each step's seconds, announced as it starts and ends with ``prefix`` (the check's name)."""
+
+    def __init__(self, prefix: str = "pi-check") -> None:
+        self.prefix, self.steps = prefix, {}
 
     @contextmanager
     def step(self, name: str, what: str = "") -> Iterator[None]:
-        print(f"pi-check: {name}{f' ({what})' if what else ''} ...", flush=True)
+        print(f"{self.prefix}: {name}{f' ({what})' if what else ''} ...", flush=True)
         start = time.monotonic()
         yield
         self.steps[name] = time.monotonic() - start
-        print(f"pi-check: {name}: {self.steps[name]:.0f} s", flush=True)
+        print(f"{self.prefix}: {name}: {self.steps[name]:.0f} s", flush=True)
 
     def text(self) -> str:
         return ", ".join(f"{name} {seconds:.0f} s" for name, seconds in self.steps.items())
