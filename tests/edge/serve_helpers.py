@@ -84,11 +84,21 @@ def served(app: Any) -> Iterator[str]:
     from waitress import create_server
 
     server = create_server(app, host="127.0.0.1", port=0, threads=8)
-    thread = threading.Thread(target=server.run, daemon=True)
+    closed = threading.Event()
+
+    def run() -> None:
+        try:
+            server.run()
+        except OSError:  # closing the sockets under the loop's select() (EBADF): expected once closed
+            if not closed.is_set():
+                raise
+
+    thread = threading.Thread(target=run, daemon=True)
     thread.start()
     try:
         yield f"http://127.0.0.1:{server.effective_port}/"
     finally:
+        closed.set()
         server.close()
         thread.join(timeout=10)
 
