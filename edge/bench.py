@@ -16,7 +16,9 @@ Measured on this machine with the bundle's int8 model (and its fp32 TFLite model
   move a fraction of the bound by as much, one way or the other, when it was measured once);
 - end-to-end films/s of ``python -m edge.scan`` on 1024² PNG films at 50 and 500 films, with and
   without overlays, with the fixed start-up cost (imports, bundle verification, exports) measured on
-  an empty folder and taken out, as a fraction of the bound, split into the cores' worth of CPU the scan
+  an empty folder and taken out; each scan run ``--scan-repeat`` times (3) in rounds, its median run
+  reported with its slowest and fastest beside it (``*_lo`` / ``*_hi``: one run of a shared 2-core
+  machine moved by up to 10% from the next); as a fraction of the bound, split into the cores' worth of CPU the scan
   had (``*_cores_used``: on a machine shared with other work, fewer than its cores) and the share of
   its CPU that went to the stages' own work (``*_cpu_efficiency``: what the pipeline adds is the rest);
 - a simulated fast accelerator (a model answering in 2 ms by sleeping, like an Edge TPU): the scan is
@@ -59,6 +61,7 @@ DEFAULT_BUNDLE = Path("demo-out/bundle")
 DEFAULT_FILMS = (Path("demo-out/field/images"), Path("demo-out/phantoms/images"))
 FILM_SIDE = 1024
 MEMORY_COUNTS = (50, 500)
+SCAN_REPEAT = 3  # runs of each scan (the median is reported, with the slowest and fastest)
 STAGE_FILMS = 20  # films whose stages are timed one by one (median per stage)
 _NEEDS_DEMO = "run `make demo` first (it trains and converts a demo model), or pass --bundle DIR"
 
@@ -235,20 +238,30 @@ def _folder(films: Path, work: Path, n: int) -> Path:
     return folder
 
 
-def scan_figures(bundle: Path, films: Path, work: Path, threads: int | None,
-                 counts: tuple[int, ...]) -> dict[str, float]:
+def scan_figures(bundle: Path, films: Path, work: Path, threads: int | None, counts: tuple[int, ...],
+                 repeat: int = SCAN_REPEAT) -> dict[str, float]:
     """Start-up cost, then films/s, CPU per film and peak memory of scans of ``counts`` films, with and without
-    overlays (films/s and CPU with the start-up taken out)."""
+    overlays (films/s and CPU with the start-up taken out): each scan ``repeat`` times, the rounds one after
+    the other (every kind of scan once per round, so a slow minute of a shared machine falls on one round of
+    each, not on every run of one kind). Each kind's figures are those of its median run by films/s; its
+    slowest and fastest runs are given beside it (``*_films_per_s_lo`` / ``_hi``) and its peak memory is the
+    largest of its runs."""
     (work / "empty").mkdir()
     startup, _, startup_cpu = run_scan(bundle, work / "empty", work / "out-empty", threads)
-    fig: dict[str, float] = {"scan_startup_s": startup}
-    for n in counts:
-        folder = _folder(films, work, n)
-        for tag, extra in (("", ()), ("_no_overlays", ("--no-overlays",))):
-            wall, rss, cpu = run_scan(bundle, folder, work / f"out-{n}{tag}", threads, *extra)
-            fig[f"scan_{n}{tag}_films_per_s"] = n / max(wall - startup, 1e-9)
-            fig[f"scan_{n}{tag}_cpu_ms_per_film"] = 1000.0 * max(cpu - startup_cpu, 0.0) / n
-            fig[f"scan_{n}{tag}_peak_rss_mib"] = rss
+    kinds = [(n, tag, extra) for n in counts for tag, extra in (("", ()), ("_no_overlays", ("--no-overlays",)))]
+    folders = {n: _folder(films, work, n) for n in counts}
+    runs: dict[str, list[tuple[float, float, float]]] = {f"{n}{tag}": [] for n, tag, _ in kinds}
+    for i in range(repeat):
+        for n, tag, extra in kinds:
+            wall, rss, cpu = run_scan(bundle, folders[n], work / f"out-{n}{tag}-{i}", threads, *extra)
+            runs[f"{n}{tag}"].append((n / max(wall - startup, 1e-9), 1000.0 * max(cpu - startup_cpu, 0.0) / n, rss))
+    fig: dict[str, float] = {"scan_startup_s": startup, "scan_repeat": repeat}
+    for key, found in runs.items():
+        ordered = sorted(found)
+        speed, cpu_ms, _ = ordered[(len(ordered) - 1) // 2]  # the median run (the slower middle one of an even count)
+        fig[f"scan_{key}_films_per_s"], fig[f"scan_{key}_cpu_ms_per_film"] = speed, cpu_ms
+        fig[f"scan_{key}_films_per_s_lo"], fig[f"scan_{key}_films_per_s_hi"] = ordered[0][0], ordered[-1][0]
+        fig[f"scan_{key}_peak_rss_mib"] = max(rss for _, _, rss in found)
     return fig
 
 
@@ -291,6 +304,9 @@ def ratios(fig: dict[str, float], counts: tuple[int, ...], cores: int) -> dict[s
             if speed is None:
                 continue
             out[f"scan_{n}{tag}_over_bound"] = speed / fig[bound]
+            for end in ("_lo", "_hi"):  # the slowest and fastest of the repeated runs
+                if f"scan_{n}{tag}_films_per_s{end}" in fig:
+                    out[f"scan_{n}{tag}_over_bound{end}"] = fig[f"scan_{n}{tag}_films_per_s{end}"] / fig[bound]
             if cpu:
                 out[f"scan_{n}{tag}_cores_used"] = speed * cpu / 1000.0
                 out[f"scan_{n}{tag}_cpu_efficiency"] = work[tag] / cpu
@@ -338,6 +354,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--repeat", type=int, default=30, help="timed runs per in-process figure")
     p.add_argument("--counts", type=int, nargs="+", default=list(MEMORY_COUNTS),
                    help="scan sizes for throughput and peak memory (default 50 500)")
+    p.add_argument("--scan-repeat", type=positive, default=SCAN_REPEAT,
+                   help=f"runs of each scan, in rounds; the median run is reported (default {SCAN_REPEAT})")
     p.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     return p
 
@@ -362,7 +380,7 @@ def _run(args: argparse.Namespace) -> int:
         fig.update(jpeg_figures(sources[0], work))
         (work / "fake").mkdir()
         fig.update(fake_accelerator(args.bundle, films, work / "fake"))
-        fig.update(scan_figures(args.bundle, work / "films", work, threads, counts))
+        fig.update(scan_figures(args.bundle, work / "films", work, threads, counts, args.scan_repeat))
         after = stage_cpu(args.bundle, films[:STAGE_FILMS])
         stages = {name: (before[name] + after[name]) / 2 for name in before}
         fig.update({f"stage_{name}_cpu_ms": value for name, value in stages.items()})
@@ -371,7 +389,8 @@ def _run(args: argparse.Namespace) -> int:
         fig.update(bounds(stages, cores))
     fig.update(ratios(fig, counts, cores))
     print(f"edge.bench: bundle {args.bundle} ({bundle.sha256[:12]}), {cores} cores ({_cpu_model()}), films "
-          f"{FILM_SIDE}²; scans with {_interpreters(threads, cores)} and one decode worker per core")
+          f"{FILM_SIDE}²; scans with {_interpreters(threads, cores)} and one decode worker per core, the median of "
+          f"{args.scan_repeat} runs each")
     print(_report(fig))
     if args.json:
         args.json.write_text(json.dumps(fig, indent=2) + "\n", encoding="utf-8")

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import edge.bench
 import edge.service
-from edge.bench import ratios
+from edge.bench import ratios, scan_figures
 from edge.bench_scan import bounds
 from edge.explain import OVERLAY_SIDE, CamExplainer
 from edge.films import load_film, load_film_reduced
@@ -190,3 +191,30 @@ def test_bounds_and_ratios():
     assert r["scan_50_no_overlays_over_bound"] == 0.4 and "scan_50_no_overlays_cores_used" not in r
     assert r["fake_accelerator_over_bound"] == 150 / b["bound_decoding_films_per_s"]
     assert r["fake_accelerator_cpu_efficiency"] == 1.0  # hash + decode + preprocess + commit: 13 ms
+
+
+def test_the_bench_repeats_each_scan_in_rounds_and_reports_its_median_run(tmp_path, monkeypatch):
+    films = tmp_path / "films"
+    films.mkdir()
+    for i in range(4):
+        (films / f"film{i}.png").write_bytes(b"x")
+    calls = []
+    walls = {"2": [2.0, 5.0, 3.0], "2_no_overlays": [1.5, 2.0, 5.0]}  # 1 s of start-up in each
+
+    def run_scan(bundle, folder, out, threads, *extra):
+        if folder.name == "empty":
+            return 1.0, 100.0, 0.5
+        key = f"{len(list(folder.iterdir()))}{'_no_overlays' if extra else ''}"
+        calls.append(key)
+        wall = walls[key][sum(k == key for k in calls) - 1]
+        return wall, 120.0 + wall, 0.5 + wall * 1.5
+
+    monkeypatch.setattr(edge.bench, "run_scan", run_scan)
+    fig = scan_figures(Path("bundle"), films, tmp_path, None, (2,), repeat=3)
+    assert calls == ["2", "2_no_overlays"] * 3  # in rounds, every kind once per round
+    assert fig["scan_2_films_per_s"] == 2 / 2.0 and fig["scan_2_cpu_ms_per_film"] == 1000 * 4.5 / 2  # the median run
+    assert fig["scan_2_films_per_s_lo"] == 2 / 4.0 and fig["scan_2_films_per_s_hi"] == 2 / 1.0
+    assert fig["scan_2_no_overlays_films_per_s"] == 2 / 1.0 and fig["scan_2_no_overlays_peak_rss_mib"] == 125.0
+    b = {"bound_overlays_films_per_s": 2.0, "bound_no_overlays_films_per_s": 8.0}
+    r = ratios({**fig, **b}, (2,), cores=2)
+    assert (r["scan_2_over_bound_lo"], r["scan_2_over_bound"], r["scan_2_over_bound_hi"]) == (0.25, 0.5, 1.0)
