@@ -17,9 +17,9 @@ Measured on this machine with the bundle's int8 model (and its fp32 TFLite model
 - end-to-end films/s of ``python -m edge.scan`` on 1024² PNG films at 50 and 500 films, with and
   without overlays, with the fixed start-up cost (imports, bundle verification, exports) measured on
   an empty folder and taken out; each scan run ``--scan-repeat`` times (3) in rounds, its median run
-  reported with its slowest and fastest beside it (``*_lo`` / ``*_hi``: one run of a shared 2-core
-  machine moved by up to 10% from the next); as a fraction of the bound, split into the cores' worth of CPU the scan
-  had (``*_cores_used``: on a machine shared with other work, fewer than its cores) and the share of
+  reported with its slowest and fastest beside it (``*_lo`` / ``*_hi``: one 50-film run of a shared 2-core
+  machine fell a quarter below the other two); as a fraction of the bound, split into the cores' worth of
+  CPU the scan had (``*_cores_used``: on a machine shared with other work, fewer than its cores) and the share of
   its CPU that went to the stages' own work (``*_cpu_efficiency``: what the pipeline adds is the rest);
 - a simulated fast accelerator (a model answering in 2 ms by sleeping, like an Edge TPU): the scan is
   then bound by decoding, and its films/s is compared with cores / (decode + preprocess + hash);
@@ -52,6 +52,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from edge.bench_scan import bounds, fake_accelerator, median_run, stage_cpu
 from edge.cli import positive, run_main
 from edge.errors import EdgeError
 
@@ -257,10 +258,9 @@ def scan_figures(bundle: Path, films: Path, work: Path, threads: int | None, cou
             runs[f"{n}{tag}"].append((n / max(wall - startup, 1e-9), 1000.0 * max(cpu - startup_cpu, 0.0) / n, rss))
     fig: dict[str, float] = {"scan_startup_s": startup, "scan_repeat": repeat}
     for key, found in runs.items():
-        ordered = sorted(found)
-        speed, cpu_ms, _ = ordered[(len(ordered) - 1) // 2]  # the median run (the slower middle one of an even count)
+        speed, cpu_ms, _ = median_run(found)
         fig[f"scan_{key}_films_per_s"], fig[f"scan_{key}_cpu_ms_per_film"] = speed, cpu_ms
-        fig[f"scan_{key}_films_per_s_lo"], fig[f"scan_{key}_films_per_s_hi"] = ordered[0][0], ordered[-1][0]
+        fig[f"scan_{key}_films_per_s_lo"], fig[f"scan_{key}_films_per_s_hi"] = min(found)[0], max(found)[0]
         fig[f"scan_{key}_peak_rss_mib"] = max(rss for _, _, rss in found)
     return fig
 
@@ -361,7 +361,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from edge.bench_scan import bounds, fake_accelerator, stage_cpu
     from edge.bundle import load_bundle
     from edge.runtime import usable_cores
 
